@@ -1,0 +1,65 @@
+"""Student weights as a Hugging Face folder (safetensors), converted once from a GGUF and cached.
+
+transformers dequantizes GGUF files (Q4_1, Q4_K_M, ...) into float32 weights. Loading a GGUF
+is slow (mostly tokenizer conversion), so the converted folder is cached by the GGUF's
+identity and reused by every run, backend and test.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from ..errors import UserError
+from ..events import Callback, log, null_callback
+from ..models import CACHE_DIR, ModelRef
+
+
+def _identity(ref: ModelRef) -> str:
+    from ..generate import model_id
+
+    return model_id(ref)
+
+
+def student_hf_dir(ref: ModelRef, emit: Callback = null_callback) -> Path:
+    """An HF folder for ``ref``: the folder itself, or the cached conversion of a GGUF."""
+    if ref.kind == "hf":
+        return ref.path
+    target = CACHE_DIR / "students" / f"{ref.path.stem}-{_identity(ref)}"
+    if (target / "config.json").exists() and any(target.glob("*.safetensors")):
+        return target
+    log(emit, "convert", f"converting {ref.path.name} to a safetensors folder (once; cached in {target})")
+    try:
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+    except ImportError:
+        raise UserError("a GGUF student needs the torch extra to convert it; run: pip install 'valign-edge[torch]'") from None
+    try:
+        model = AutoModelForCausalLM.from_pretrained(str(ref.path.parent), gguf_file=ref.path.name,
+                                                     dtype=torch.float32)
+        tokenizer = AutoTokenizer.from_pretrained(str(ref.path.parent), gguf_file=ref.path.name)
+    except (ValueError, KeyError, RuntimeError, OSError) as exc:
+        raise UserError(f"cannot convert {ref.path.name} for training: {str(exc).splitlines()[0]}") from None
+    if getattr(model, "hf_quantizer", None) is not None:
+        model.hf_quantizer.remove_quantization_config(model)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "valign_source.json").write_text(json.dumps({"gguf": str(ref.path), "name": ref.name}))
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def chat_template(hf_dir: Path) -> str | None:
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(hf_dir)).chat_template

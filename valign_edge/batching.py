@@ -1,0 +1,133 @@
+"""Backend-neutral training data preparation: chat-template encoding, prompt masks, buckets.
+
+Both trainers (torch and MLX) use these, so the same rows give the same token sequences,
+masks and batches on either backend.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass
+
+# Students without a chat template (base models) get this one, in training and in the GGUF.
+FALLBACK_CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if message['role'] == 'user' %}{{ 'Question: ' + message['content'] + '\n' }}"
+    "{% elif message['role'] == 'assistant' %}{{ 'Answer: ' + message['content'] + eos_token + '\n' }}"
+    "{% else %}{{ message['content'] + '\n' }}{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}{{ 'Answer:' }}{% endif %}"
+)
+
+
+def ensure_chat_template(tokenizer) -> None:
+    if not getattr(tokenizer, "chat_template", None):
+        tokenizer.chat_template = FALLBACK_CHAT_TEMPLATE
+
+
+def prompt_ids(tokenizer, user: str) -> list[int]:
+    return list(tokenizer.apply_chat_template([{"role": "user", "content": user}], add_generation_prompt=True,
+                                              tokenize=True, return_dict=False))
+
+
+def reply_ids(tokenizer, user: str, reply: str, prompt: list[int]) -> list[int]:
+    """Token ids of the assistant turn, end-of-turn marker included, as the template renders it."""
+    full = list(tokenizer.apply_chat_template([{"role": "user", "content": user},
+                                               {"role": "assistant", "content": reply}], tokenize=True,
+                                              return_dict=False))
+    if full[: len(prompt)] == prompt:
+        return full[len(prompt):]
+    # Templates whose prompt is not a prefix of the full chat: encode the reply on its own.
+    return tokenizer.encode(reply, add_special_tokens=False) + [tokenizer.eos_token_id]
+
+
+@dataclass
+class Example:
+    ids: list[int]
+    prompt_len: int  # tokens before the reply: masked out of the loss
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+@dataclass
+class Pair:
+    prompt: list[int]
+    chosen: list[int]
+    rejected: list[int]
+
+    def __len__(self) -> int:
+        return len(self.prompt) + max(len(self.chosen), len(self.rejected))
+
+
+def _fit(prompt: list[int], reply: list[int], max_len: int) -> tuple[list[int], list[int]]:
+    prompt = prompt[-(max_len // 2):] if len(prompt) > max_len // 2 and len(prompt) + len(reply) > max_len else prompt
+    return prompt, reply[: max_len - len(prompt)]
+
+
+def encode_sft(tokenizer, rows: list[dict], max_len: int) -> list[Example]:
+    out = []
+    for row in rows:
+        user, reply = row["messages"][0]["content"], row["messages"][-1]["content"]
+        p = prompt_ids(tokenizer, user)
+        p, r = _fit(p, reply_ids(tokenizer, user, reply, p), max_len)
+        if r:
+            out.append(Example(p + r, len(p)))
+    return out
+
+
+def encode_dpo(tokenizer, rows: list[dict], max_len: int) -> list[Pair]:
+    out = []
+    for row in rows:
+        p = prompt_ids(tokenizer, row["prompt"])
+        c = reply_ids(tokenizer, row["prompt"], row["chosen"], p)
+        r = reply_ids(tokenizer, row["prompt"], row["rejected"], p)
+        pc, c = _fit(p, c, max_len)
+        pr, r = _fit(p, r, max_len)
+        if c and r and pc == pr:
+            out.append(Pair(pc, c, r))
+    return out
+
+
+def bucket_batches(lengths: list[int], batch_tokens: int, seed: int, epoch: int) -> list[list[int]]:
+    """Group items of similar length so a padded batch holds at most ``batch_tokens`` tokens.
+
+    Sorting by length keeps padding near zero; the order of batches is shuffled per epoch.
+    """
+    rng = random.Random(seed * 1000 + epoch)
+    order = sorted(range(len(lengths)), key=lambda i: (lengths[i], rng.random()))
+    batches, current, longest = [], [], 0
+    for i in order:
+        new_longest = max(longest, lengths[i])
+        if current and new_longest * (len(current) + 1) > batch_tokens:
+            batches.append(current)
+            current, new_longest = [], lengths[i]
+        current.append(i)
+        longest = new_longest
+    if current:
+        batches.append(current)
+    rng.shuffle(batches)
+    return batches
+
+
+def plan_steps(n_batches_per_epoch: int, epochs: float, max_steps: int) -> int:
+    steps = max(1, math.ceil(n_batches_per_epoch * epochs))
+    return min(steps, max_steps) if max_steps else steps
+
+
+def lr_at(step: int, total: int, warmup: int, base_lr: float) -> float:
+    """Linear warm-up, then cosine decay to 10% of the base rate."""
+    if step < warmup:
+        return base_lr * (step + 1) / (warmup + 1)
+    progress = (step - warmup) / max(1, total - warmup)
+    return base_lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+
+
+def step_batches(lengths: list[int], batch_tokens: int, seed: int, total_steps: int) -> list[list[int]]:
+    """The full, deterministic sequence of batches for ``total_steps`` (so resume can skip ahead)."""
+    out: list[list[int]] = []
+    epoch = 0
+    while len(out) < total_steps:
+        out.extend(bucket_batches(lengths, batch_tokens, seed, epoch))
+        epoch += 1
+    return out[:total_steps]

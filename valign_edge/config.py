@@ -1,0 +1,254 @@
+"""Configuration: one dataclass per stage, a help string per field, presets, TOML and overrides.
+
+Resolution order, later wins: defaults < the run's saved config.toml < preset < --config FILE
+< ``--set section.key=value`` and explicit flags. The resolved config is saved in the run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import UserError
+
+
+def opt(default: Any, help: str) -> Any:
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass
+class GenerateConfig:
+    chunk_tokens: int = opt(320, "largest chunk, in teacher tokens")
+    chunk_overlap: int = opt(32, "tokens shared by consecutive pieces of a section split across chunks")
+    max_chunks: int = opt(0, "use only the first N chunks (0: all)")
+    questions_per_chunk: int = opt(4, "questions the teacher writes per chunk (sampled)")
+    pairs_per_chunk: int = opt(2, "faithful/unfaithful answer pairs per value-bearing chunk")
+    question_temperature: float = opt(0.9, "sampling temperature for questions and scenarios")
+    answer_style: str = opt("extractive", "extractive (the teacher picks the chunk's answering sentences; "
+                                          "right for tiny teachers) or free (the teacher writes answers)")
+    answer_max_tokens: int = opt(96, "token budget per free-written answer")
+    max_retries: int = opt(2, "retries when the teacher's output fails validation")
+    min_grounding: float = opt(0.25, "least share of an answer's content words found in its chunk")
+    dedup_threshold: float = opt(0.7, "word-set Jaccard above which two questions count as duplicates")
+    value_threshold: int = opt(1, "value cues a chunk needs to get DPO pairs (must, shall, right, ...)")
+    valid_fraction: float = opt(0.1, "share of records held out for validation")
+    test_fraction: float = opt(0.15, "share of records held out for testing")
+    n_ctx: int = opt(2048, "teacher context size")
+    n_threads: int = opt(0, "teacher decode threads (0: auto)")
+    n_threads_batch: int = opt(0, "teacher prompt threads (0: auto)")
+
+
+@dataclass
+class TrainConfig:
+    backend: str = opt("auto", "auto, torch or mlx")
+    device: str = opt("auto", "torch device: auto, cpu, cuda or mps")
+    lora_rank: int = opt(16, "LoRA rank")
+    lora_alpha: float = opt(32.0, "LoRA alpha (scale = alpha / rank)")
+    lora_dropout: float = opt(0.0, "LoRA dropout")
+    max_seq_len: int = opt(384, "longest training sequence in tokens")
+    batch_tokens: int = opt(1024, "tokens per optimizer step (sequences are packed up to this)")
+    sft_epochs: float = opt(3.0, "passes over the SFT data")
+    sft_lr: float = opt(3e-4, "SFT learning rate")
+    dpo_epochs: float = opt(2.0, "passes over the DPO data")
+    dpo_lr: float = opt(5e-5, "DPO learning rate")
+    dpo_beta: float = opt(0.1, "DPO beta (strength of the KL anchor to the SFT model)")
+    max_steps: int = opt(0, "stop each stage after this many steps (0: from epochs)")
+    warmup_steps: int = opt(5, "linear warm-up steps")
+    precision: str = opt("auto", "auto, fp32 or bf16 (bf16 autocast where the hardware is fast at it)")
+    checkpoint_every: int = opt(25, "steps between resumable checkpoints")
+    threads: int = opt(0, "CPU threads for training (0: all cores)")
+
+
+@dataclass
+class ExportConfig:
+    quant: str = opt("q8_0", "f16, q8_0 or q4_k_m (Q4 drifts on very small models)")
+    verify_prompts: int = opt(3, "test prompts the GGUF must reproduce")
+    verify_tokens: int = opt(24, "greedy tokens compared per prompt")
+
+
+@dataclass
+class EvalConfig:
+    max_questions: int = opt(0, "evaluate on at most N test questions (0: all)")
+    max_new_tokens: int = opt(128, "answer length limit")
+    rag_top_k: int = opt(2, "chunks retrieved for the RAG systems")
+    judge: str = opt("", "judge model (preset or GGUF path; empty: the teacher)")
+    judge_pairs: int = opt(0, "judge at most N questions per comparison (0: all)")
+
+
+@dataclass
+class RunConfig:
+    teacher: str = opt("smollm2-135m-instruct", "teacher model: catalog preset or path to a GGUF")
+    student: str = opt("smollm2-135m-instruct", "student model: catalog preset, GGUF file or HF folder")
+    preset: str = opt("default", "quick or default")
+    seed: int = opt(0, "random seed")
+    generate: GenerateConfig = field(default_factory=GenerateConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "default": {},
+    # Minutes on a 2-core CPU: a handful of chunks, few questions, short training.
+    "quick": {
+        "generate.max_chunks": 6,
+        "generate.questions_per_chunk": 3,
+        "generate.pairs_per_chunk": 1,
+        "generate.valid_fraction": 0.17,
+        "generate.test_fraction": 0.17,
+        "train.sft_epochs": 2.0,
+        "train.dpo_epochs": 2.0,
+        "train.lora_rank": 8,
+        "train.lora_alpha": 16.0,
+        "train.max_seq_len": 256,
+        "train.batch_tokens": 768,
+        "eval.max_questions": 6,
+        "eval.max_new_tokens": 64,
+    },
+}
+
+
+
+CHOICES = {
+    "generate.answer_style": ("extractive", "free"),
+    "train.backend": ("auto", "torch", "mlx"),
+    "train.device": ("auto", "cpu", "cuda", "mps"),
+    "train.precision": ("auto", "fp32", "bf16"),
+    "export.quant": ("f16", "q8_0", "q4_k_m", "q4_0"),
+    "preset": tuple(PRESETS),
+}
+
+
+def _sections() -> dict[str, type]:
+    return {"generate": GenerateConfig, "train": TrainConfig, "export": ExportConfig, "eval": EvalConfig}
+
+
+def _coerce(value: Any, default: Any, key: str) -> Any:
+    kind = type(default)
+    try:
+        if kind is bool:
+            if isinstance(value, str):
+                if value.lower() in ("1", "true", "yes", "on"):
+                    return True
+                if value.lower() in ("0", "false", "no", "off"):
+                    return False
+                raise ValueError
+            return bool(value)
+        if kind is int:
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            return int(value)
+        if kind is float:
+            return float(value)
+        return str(value)
+    except (TypeError, ValueError):
+        raise UserError(f"config {key}: {value!r} is not a valid {kind.__name__}") from None
+
+
+def set_value(cfg: RunConfig, key: str, value: Any) -> None:
+    """Set ``section.key`` or a top-level key, with type checking and a clear error."""
+    sections = _sections()
+    if "." in key:
+        section, name = key.split(".", 1)
+        if section not in sections:
+            raise UserError(f"unknown config section {section!r} (known: {', '.join(sections)})")
+        target = getattr(cfg, section)
+    else:
+        target, name = cfg, key
+    names = [f.name for f in dataclasses.fields(target) if f.name not in sections]
+    if name not in names:
+        raise UserError(f"unknown config key {key!r} (known: {', '.join(names)})")
+    current = getattr(target, name)
+    value = _coerce(value, current, key)
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and value < 0:
+        raise UserError(f"config {key}: {value} must not be negative")
+    if key in CHOICES and value not in CHOICES[key]:
+        raise UserError(f"config {key}: {value!r} is not one of {', '.join(CHOICES[key])}")
+    setattr(target, name, value)
+
+
+def apply_preset(cfg: RunConfig, name: str) -> None:
+    if name not in PRESETS:
+        raise UserError(f"unknown preset {name!r} (known: {', '.join(PRESETS)})")
+    cfg.preset = name
+    for key, value in PRESETS[name].items():
+        set_value(cfg, key, value)
+
+
+def apply_mapping(cfg: RunConfig, data: dict, prefix: str = "") -> None:
+    for key, value in data.items():
+        if isinstance(value, dict):
+            apply_mapping(cfg, value, f"{prefix}{key}.")
+        else:
+            set_value(cfg, prefix + key, value)
+
+
+def load_toml(path: Path) -> dict:
+    try:
+        return tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserError(f"config file not found: {path}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise UserError(f"config file {path} is not valid TOML: {exc}") from None
+
+
+def resolve(saved: Path | None = None, preset: str | None = None, config_file: Path | None = None,
+            overrides: dict[str, Any] | None = None) -> RunConfig:
+    cfg = RunConfig()
+    if saved is not None and saved.exists():
+        apply_mapping(cfg, load_toml(saved))
+    if preset is not None:
+        apply_preset(cfg, preset)
+    elif saved is None or not saved.exists():
+        apply_preset(cfg, cfg.preset)
+    if config_file is not None:
+        apply_mapping(cfg, load_toml(config_file))
+    for key, value in (overrides or {}).items():
+        set_value(cfg, key, value)
+    return cfg
+
+
+def parse_set(items: list[str]) -> dict[str, str]:
+    out = {}
+    for item in items:
+        if "=" not in item:
+            raise UserError(f"--set expects section.key=value, got {item!r}")
+        key, value = item.split("=", 1)
+        out[key.strip()] = value.strip()
+    return out
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    return json.dumps(str(value), ensure_ascii=False)
+
+
+def to_toml(cfg: RunConfig) -> str:
+    data = cfg.to_dict()
+    lines = [f"{k} = {_toml_value(v)}" for k, v in data.items() if not isinstance(v, dict)]
+    for section, values in data.items():
+        if isinstance(values, dict):
+            lines += ["", f"[{section}]"] + [f"{k} = {_toml_value(v)}" for k, v in values.items()]
+    return "\n".join(lines) + "\n"
+
+
+def describe() -> str:
+    """All keys with defaults and help, for ``valign config``."""
+    rows = []
+    for f in dataclasses.fields(RunConfig):
+        if f.name in _sections():
+            for sub in dataclasses.fields(_sections()[f.name]):
+                rows.append(f"{f.name}.{sub.name} = {_toml_value(sub.default)}  # {sub.metadata['help']}")
+        else:
+            rows.append(f"{f.name} = {_toml_value(f.default)}  # {f.metadata['help']}")
+    return "\n".join(rows)

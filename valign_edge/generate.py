@@ -1,0 +1,77 @@
+"""``valign generate``: document -> chunks -> teacher-generated SFT and DPO datasets."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+from . import datasets, models
+from .chunking import chunk_text
+from .config import RunConfig, to_toml
+from .errors import UserError
+from .events import Callback, Event, log
+from .ingest import read_document
+from .synth import synth_key, synthesize
+from .workspace import Run, atomic_write_text, hash_obj, write_jsonl
+
+
+def model_id(ref: models.ModelRef) -> str:
+    """Identify weights without hashing gigabytes: catalog hash, else name + size + mtime."""
+    if ref.preset.get("sha256"):
+        return ref.preset["sha256"][:16]
+    st = ref.path.stat()
+    return hash_obj([str(ref.path.resolve()), st.st_size, int(st.st_mtime)])
+
+
+def save_config(run: Run, cfg: RunConfig) -> None:
+    atomic_write_text(run.config_path, to_toml(cfg))
+
+
+def load_document(run: Run, doc: str | Path | None) -> str:
+    """The run's normalized document, (re)read from ``doc`` when given."""
+    if doc is None:
+        if not run.document_path.exists():
+            raise UserError(f"{run.root} has no document yet; give one: valign generate DOC --out {run.root}")
+        return run.document_path.read_text(encoding="utf-8")
+    text = read_document(doc).text
+    if not run.document_path.exists() or run.document_path.read_text(encoding="utf-8") != text:
+        atomic_write_text(run.document_path, text)
+    return text
+
+
+def generate(run: Run, cfg: RunConfig, emit: Callback, doc: str | Path | None = None,
+             should_stop=lambda: False) -> dict:
+    """Run the generation stage (skipped when up to date); returns the stage's counts."""
+    text = load_document(run, doc)
+    teacher_ref = models.resolve(cfg.teacher, "teacher")
+    if teacher_ref.kind != "gguf":
+        raise UserError(f"teacher {cfg.teacher!r} must be a GGUF file run by llama.cpp")
+    save_config(run, cfg)
+    gen = cfg.generate
+    key = hash_obj([hash_obj(text), model_id(teacher_ref), asdict(gen), cfg.seed])
+    if run.is_done("generate", key) and run.split_path("sft", "train").exists():
+        log(emit, "generate", "generate: up to date, skipped")
+        return run.stage_info("generate")
+    from .backends.llama_cpp import LlamaTeacher
+
+    emit(Event("stage", "generate", f"teacher {teacher_ref.name}"))
+    teacher = LlamaTeacher(teacher_ref.path, n_ctx=gen.n_ctx, n_threads=gen.n_threads,
+                           n_threads_batch=gen.n_threads_batch, seed=cfg.seed)
+    with run.stage("generate", key, {"document": hash_obj(text), "teacher": model_id(teacher_ref)}) as result:
+        budget = gen.chunk_tokens
+        chunks = chunk_text(text, budget, gen.chunk_overlap, teacher.count_tokens)
+        write_jsonl(run.chunks_path, [c.to_dict() for c in chunks])
+        if gen.max_chunks:
+            chunks = chunks[: gen.max_chunks]
+        log(emit, "generate", f"{len(chunks)} chunks of at most {budget} tokens")
+        counts = synthesize(run, chunks, teacher, gen, cfg.seed, model_id(teacher_ref), emit, should_stop)
+        skey = synth_key(gen, model_id(teacher_ref), cfg.seed)
+        counts["splits"] = datasets.build(run, [c.id for c in chunks], gen.valid_fraction, gen.test_fraction,
+                                          cfg.seed, skey)
+        counts["teacher"] = teacher.stats()
+        if counts["sft_records"] == 0:
+            raise UserError("the teacher produced no usable records; try a larger teacher (--teacher PATH.gguf)")
+        result.update(counts)
+    emit(Event("stage", "generate", json.dumps(counts["splits"])))
+    return run.stage_info("generate")

@@ -1,0 +1,240 @@
+"""The run folder: paths, manifest, atomic writes, stage status, resume and locking.
+
+Every stage reads its inputs from the run folder and writes its outputs there. A stage
+is skipped when it finished with the same input and config hashes; otherwise it runs
+again and, where it can, only does what is missing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+from . import RUN_FORMAT_VERSION, __version__
+from .errors import UserError
+
+STAGES = ("generate", "train_sft", "train_dpo", "export", "eval")
+
+
+def private_umask() -> None:
+    """Files and folders this process creates are readable by the user only."""
+    os.umask(0o077)
+
+
+def hash_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()[:16]
+
+
+def hash_obj(obj: Any) -> str:
+    return hash_bytes(json.dumps(obj, sort_keys=True, default=str).encode())
+
+
+def hash_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()[:16]
+
+
+def peak_rss_mb() -> float:
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / (1 << 20) if sys.platform == "darwin" else rss / 1024
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def write_json(path: Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
+
+
+def write_jsonl(path: Path, records: Iterable[dict]) -> None:
+    atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+
+
+def append_jsonl(path: Path, record: dict) -> None:
+    """Append one record and flush it, so a killed process loses at most the record in flight."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(record, ensure_ascii=False) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    """Read a JSONL file, ignoring a half-written last line left by a killed writer."""
+    if not path.exists():
+        return []
+    records = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return records
+
+
+class Run:
+    """A run folder. ``Run.open(path)`` creates it (mode 0700) or opens an existing one."""
+
+    def __init__(self, root: Path):
+        self.root = root
+
+    # --- paths -----------------------------------------------------------------
+    @property
+    def manifest_path(self) -> Path:
+        return self.root / "manifest.json"
+
+    @property
+    def config_path(self) -> Path:
+        return self.root / "config.toml"
+
+    @property
+    def document_path(self) -> Path:
+        return self.root / "document.txt"
+
+    @property
+    def chunks_path(self) -> Path:
+        return self.root / "chunks.jsonl"
+
+    @property
+    def synth_dir(self) -> Path:
+        return self.root / "synth"
+
+    @property
+    def data_dir(self) -> Path:
+        return self.root / "data"
+
+    def split_path(self, kind: str, split: str) -> Path:
+        return self.data_dir / kind / f"{split}.jsonl"
+
+    def adapter_dir(self, stage: str) -> Path:
+        return self.root / "adapters" / stage
+
+    @property
+    def export_dir(self) -> Path:
+        return self.root / "export"
+
+    @property
+    def eval_dir(self) -> Path:
+        return self.root / "eval"
+
+    @property
+    def events_path(self) -> Path:
+        return self.root / "logs" / "events.jsonl"
+
+    # --- lifecycle ---------------------------------------------------------------
+    @classmethod
+    def open(cls, path: str | Path, create: bool = True) -> "Run":
+        root = Path(path).expanduser()
+        if root.exists() and not root.is_dir():
+            raise UserError(f"run folder {root} exists and is not a folder")
+        run = cls(root)
+        if root.exists() and run.manifest_path.exists():
+            manifest = run.manifest()
+            fmt = manifest.get("format")
+            if fmt != RUN_FORMAT_VERSION:
+                raise UserError(
+                    f"{root} was written by an incompatible valign-edge (run format {fmt!r}, "
+                    f"this version reads {RUN_FORMAT_VERSION}); start a new run folder"
+                )
+            return run
+        if not create:
+            raise UserError(f"{root} is not a valign run folder (no manifest.json)")
+        private_umask()
+        try:
+            root.mkdir(parents=True, exist_ok=True, mode=0o700)
+            os.chmod(root, 0o700)
+            write_json(run.manifest_path, {"format": RUN_FORMAT_VERSION, "valign_version": __version__,
+                                           "created": time.time(), "stages": {}})
+        except PermissionError:
+            raise UserError(f"cannot write to {root}: permission denied") from None
+        except OSError as exc:
+            raise UserError(f"cannot create run folder {root}: {exc.strerror}") from None
+        return run
+
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """Refuse to let two valign processes write the same run folder at once."""
+        import fcntl
+
+        fd = os.open(self.root / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise UserError(f"another valign process is working on {self.root}; wait for it or stop it") from None
+            os.ftruncate(fd, 0)
+            os.write(fd, str(os.getpid()).encode())
+            yield
+        finally:
+            os.close(fd)
+
+    # --- manifest -----------------------------------------------------------------
+    def manifest(self) -> dict:
+        try:
+            return json.loads(self.manifest_path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as exc:
+            raise UserError(f"{self.manifest_path} is unreadable: {exc}") from None
+
+    def stage_info(self, stage: str) -> dict:
+        return self.manifest().get("stages", {}).get(stage, {})
+
+    def is_done(self, stage: str, key: str) -> bool:
+        info = self.stage_info(stage)
+        return info.get("status") == "done" and info.get("key") == key
+
+    def _update_stage(self, stage: str, **fields: Any) -> None:
+        manifest = self.manifest()
+        manifest.setdefault("stages", {}).setdefault(stage, {}).update(fields)
+        write_json(self.manifest_path, manifest)
+
+    @contextlib.contextmanager
+    def stage(self, stage: str, key: str, inputs: dict | None = None) -> Iterator[dict]:
+        """Mark ``stage`` running; on success done with the counts the body put in the dict.
+
+        ``key`` hashes the stage's inputs and config: a later run with the same key skips it.
+        An interrupted stage stays "partial" and its outputs are resumed, not trusted.
+        """
+        started = time.time()
+        self._update_stage(stage, status="partial", key=key, started=started, finished=None,
+                           inputs=inputs or {})
+        result: dict = {}
+        yield result
+        self._update_stage(stage, status="done", finished=time.time(),
+                           seconds=round(time.time() - started, 2), peak_rss_mb=round(peak_rss_mb(), 1),
+                           **result)
+
+    def invalidate(self, *stages: str) -> None:
+        manifest = self.manifest()
+        for stage in stages:
+            if stage in manifest.get("stages", {}):
+                manifest["stages"][stage]["status"] = "stale"
+        write_json(self.manifest_path, manifest)
