@@ -41,7 +41,7 @@ def student_hf_dir(ref: ModelRef, emit: Callback = null_callback) -> Path:
         model = AutoModelForCausalLM.from_pretrained(str(ref.path.parent), gguf_file=ref.path.name,
                                                      dtype=torch.float32)
         tokenizer = AutoTokenizer.from_pretrained(str(ref.path.parent), gguf_file=ref.path.name)
-    except (ValueError, KeyError, RuntimeError, OSError) as exc:
+    except (ValueError, KeyError, RuntimeError, OSError, ImportError) as exc:
         raise UserError(f"cannot convert {ref.path.name} for training: {str(exc).splitlines()[0]}") from None
     if getattr(model, "hf_quantizer", None) is not None:
         model.hf_quantizer.remove_quantization_config(model)

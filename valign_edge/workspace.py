@@ -228,9 +228,9 @@ class Run:
                            inputs=inputs or {})
         result: dict = {}
         yield result
-        self._update_stage(stage, status="done", finished=time.time(),
-                           seconds=round(time.time() - started, 2), peak_rss_mb=round(peak_rss_mb(), 1),
-                           **result)
+        self._update_stage(stage, **{**result, "status": "done", "finished": time.time(),
+                                     "wall_s": round(time.time() - started, 2),
+                                     "peak_rss_mb": round(peak_rss_mb(), 1)})
 
     def invalidate(self, *stages: str) -> None:
         manifest = self.manifest()

@@ -1,0 +1,107 @@
+"""Chat with an exported GGUF through llama.cpp (streaming), optionally with RAG over the document."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from .errors import UserError
+
+
+def resolve_target(target: Path, vanilla: bool = False) -> tuple[Path, Path | None]:
+    """(GGUF to load, run folder or None) for a run folder or a GGUF path."""
+    target = Path(target).expanduser()
+    if target.is_file():
+        return target, None
+    if not target.is_dir():
+        raise UserError(f"{target} is neither a run folder nor a GGUF file")
+    pattern = "base-*.gguf" if vanilla else "model-*.gguf"
+    found = sorted((target / "export").glob(pattern))
+    if not found:
+        raise UserError(f"{target} has no exported model yet; run: valign export {target}")
+    return found[0], target
+
+
+class ChatSession:
+    """A conversation with one GGUF model; ``ask`` streams the answer's text pieces."""
+
+    def __init__(self, gguf: Path, run_dir: Path | None = None, rag: bool = False, rag_top_k: int = 2,
+                 max_tokens: int = 256):
+        from .backends.llama_cpp import load_llama
+
+        self.llm = load_llama(gguf, n_ctx=2048)
+        self.history: list[dict] = []
+        self.max_tokens = max_tokens
+        self.index = None
+        if rag:
+            if run_dir is None:
+                raise UserError("--rag needs a run folder (it retrieves from the run's document)")
+            from .retrieval import ChunkIndex
+            from .workspace import Run
+
+            self.index = ChunkIndex.for_run(Run.open(run_dir, create=False))
+        self.rag_top_k = rag_top_k
+
+    def ask(self, question: str):
+        from .backends.llama_cpp import quiet_native
+
+        messages = list(self.history)
+        if self.index is not None:
+            from .retrieval import rag_messages
+
+            messages += rag_messages(question, self.index.search(question, self.rag_top_k))
+        else:
+            messages.append({"role": "user", "content": question})
+        answer = []
+        with quiet_native():
+            stream = self.llm.create_chat_completion(messages=messages, max_tokens=self.max_tokens, temperature=0.0,
+                                                     repeat_penalty=1.1, stream=True)
+            for part in stream:
+                piece = part["choices"][0]["delta"].get("content") or ""
+                if piece:
+                    answer.append(piece)
+                    yield piece
+        self.history += [{"role": "user", "content": question}, {"role": "assistant", "content": "".join(answer)}]
+        self.history = self.history[-8:]  # keep the context small for small models
+
+
+def chat_cli(target: Path, prompt: str | None = None, rag: bool = False, vanilla: bool = False,
+             max_tokens: int = 256) -> int:
+    gguf, run_dir = resolve_target(target, vanilla)
+    session = ChatSession(gguf, run_dir, rag=rag, max_tokens=max_tokens)
+    if prompt is not None:
+        for piece in session.ask(prompt):
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+        print()
+        return 0
+    print(f"chatting with {gguf.name}{' + RAG' if rag else ''}; Ctrl-D or /exit to leave", file=sys.stderr)
+    while True:
+        try:
+            question = input("you> ").strip()
+        except (EOFError, KeyboardInterrupt):
+            print()
+            return 0
+        if question in ("/exit", "/quit"):
+            return 0
+        if not question:
+            continue
+        sys.stdout.write("model> ")
+        for piece in session.ask(question):
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+        print()
+
+
+def side_by_side(run, cfg, question: str | None = None) -> None:
+    """Print one answer of the aligned model next to the vanilla model's answer to the same question."""
+    from .datasets import load
+
+    if question is None:
+        rows = load(run, "sft", "test") or load(run, "sft", "train")
+        question = rows[0]["messages"][0]["content"] if rows else "What values should guide my work?"
+    print(f"\nquestion: {question}")
+    for label, vanilla in (("vanilla", True), ("aligned", False)):
+        gguf, _ = resolve_target(run.root, vanilla=vanilla)
+        answer = "".join(ChatSession(gguf, max_tokens=96).ask(question)).strip()
+        print(f"  {label:>8}: {answer}")

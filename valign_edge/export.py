@@ -1,0 +1,204 @@
+"""``valign export``: merge -> GGUF F16 (llama.cpp's converter) -> quantize -> verify -> Modelfile.
+
+Writes into ``RUN/export/``: ``model-<quant>.gguf`` (SFT+DPO merged: the model to chat with),
+``adapter.gguf`` (the SFT+DPO LoRA, usable over the base GGUF), ``adapter-sft.gguf`` and
+``base-<quant>.gguf`` (the baselines evaluation compares against), ``Modelfile`` (Ollama)
+and ``verify.json`` (greedy tokens of the GGUF against the merged model).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from . import datasets, models
+from .backends import choose_backend, load_trainer
+from .config import RunConfig
+from .errors import UserError
+from .events import Callback, Event, Progress, log
+from .workspace import Run, hash_file, hash_obj, write_json
+
+LLAMA_CPP_VERSION = "0.3.36"
+QUANT_FTYPES = {"q8_0": "LLAMA_FTYPE_MOSTLY_Q8_0", "q4_k_m": "LLAMA_FTYPE_MOSTLY_Q4_K_M",
+                "q4_0": "LLAMA_FTYPE_MOSTLY_Q4_0", "f16": "LLAMA_FTYPE_MOSTLY_F16"}
+
+
+def converters_dir() -> Path:
+    path = models.CACHE_DIR / f"llama.cpp-{LLAMA_CPP_VERSION}"
+    if not (path / "convert_hf_to_gguf.py").exists():
+        raise UserError(f"llama.cpp's GGUF converters are missing from {path}; run: make setup")
+    return path
+
+
+def run_converter(script: str, args: list[str], log_path: Path) -> None:
+    cmd = [sys.executable, str(converters_dir() / script), *args]
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "a", encoding="utf-8") as logf:
+        proc = subprocess.run(cmd, stdout=logf, stderr=subprocess.STDOUT, text=True)
+    if proc.returncode != 0:
+        tail = log_path.read_text(encoding="utf-8", errors="replace").strip().splitlines()[-1:] or ["?"]
+        if "not supported" in tail[0].lower() or "NotImplementedError" in tail[0]:
+            raise UserError(f"llama.cpp's converter does not support this architecture: {tail[0]}")
+        raise UserError(f"{script} failed: {tail[0]} (log: {log_path})")
+
+
+def quantize(src: Path, dst: Path, quant: str) -> None:
+    if quant == "f16":
+        shutil.copyfile(src, dst)
+        return
+    import llama_cpp
+
+    from .backends.llama_cpp import quiet_native
+
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = getattr(llama_cpp, QUANT_FTYPES[quant])
+    params.nthread = 0
+    tmp = dst.with_suffix(".tmp")
+    with quiet_native():
+        rc = llama_cpp.llama_model_quantize(str(src).encode(), str(tmp).encode(), params)
+    if rc != 0:
+        raise UserError(f"quantizing {src.name} to {quant} failed")
+    tmp.replace(dst)
+
+
+def gguf_greedy(path: Path, prompts: list[list[int]], n_tokens: int, lora: Path | None = None) -> list[list[int]]:
+    """Greedy continuations of token-id prompts through llama.cpp."""
+    from .backends.llama_cpp import load_llama
+
+    llm = load_llama(path, n_ctx=1024, lora_path=lora)
+    eos = llm.token_eos()
+    outs = []
+    for ids in prompts:
+        llm.reset()
+        out: list[int] = []
+        for tok in llm.generate(ids, top_k=1, top_p=1.0, temp=0.0, repeat_penalty=1.0, reset=True):
+            if tok == eos or len(out) >= n_tokens:
+                break
+            out.append(tok)
+        outs.append(out)
+    return outs
+
+
+def agreement(a: list[list[int]], b: list[list[int]]) -> dict:
+    exact = sum(x == y for x, y in zip(a, b))
+    prefix = []
+    for x, y in zip(a, b):
+        n = next((i for i, (p, q) in enumerate(zip(x, y)) if p != q), min(len(x), len(y)))
+        prefix.append(n / max(1, max(len(x), len(y))))
+    return {"exact": exact, "prompts": len(a), "token_agreement": round(sum(prefix) / max(1, len(prefix)), 4)}
+
+
+def modelfile(gguf_name: str, chat_template: str | None) -> str:
+    lines = [f"FROM ./{gguf_name}"]
+    if chat_template and "<|im_start|>" in chat_template:
+        lines += ['TEMPLATE """{{- range .Messages }}<|im_start|>{{ .Role }}', '{{ .Content }}<|im_end|>',
+                  '{{ end }}<|im_start|>assistant', '"""', 'PARAMETER stop "<|im_end|>"']
+    else:
+        lines.append("# The chat template is read from the GGUF's metadata.")
+    lines.append("PARAMETER temperature 0.3")
+    return "\n".join(lines) + "\n"
+
+
+def _check_disk(run: Run, base_dir: Path, quant: str) -> None:
+    weights = sum(p.stat().st_size for p in base_dir.glob("*.safetensors"))
+    # merged fp32 folder (temporary) + F16 (temporary) + quantized model + quantized base + adapters
+    need = int(weights * (1 + 0.5 + 2 * (0.5 if quant == "f16" else 0.3)) + 64e6)
+    free = shutil.disk_usage(run.root).free
+    if free < need:
+        raise UserError(f"not enough disk space for the export: need about {need / 1e9:.1f} GB in {run.root}, "
+                        f"{free / 1e9:.1f} GB free")
+
+
+def export(run: Run, cfg: RunConfig, emit: Callback) -> dict:
+    quant = cfg.export.quant
+    if quant not in QUANT_FTYPES:
+        raise UserError(f"unknown quantization {quant!r} (known: {', '.join(QUANT_FTYPES)})")
+    for stage in ("sft", "dpo"):
+        if not (run.adapter_dir(stage) / "training.json").exists():
+            raise UserError(f"{run.root} has no trained {stage.upper()} adapter; run: valign train {run.root}")
+    choice = choose_backend(cfg.train.backend, cfg.train.device)
+    trainer = load_trainer(choice, cfg)
+    base_dir = trainer.base_dir(emit)
+    adapters = [hash_file(p) for s in ("sft", "dpo") for p in sorted(run.adapter_dir(s).glob("*.safetensors"))
+                if p.name != "reference_logps.safetensors"]
+    key = hash_obj([adapters, vars(cfg.export), cfg.student, choice.name])
+    out = run.export_dir
+    model_path = out / f"model-{quant}.gguf"
+    if run.is_done("export", key) and model_path.exists() and (out / "verify.json").exists():
+        log(emit, "export", "export: up to date, skipped")
+        verify = json.loads((out / "verify.json").read_text())
+        return {"model": str(model_path), "verified": verify["passed"]}
+    _check_disk(run, base_dir, quant)
+    emit(Event("stage", "export", f"merging adapters and converting to GGUF ({quant})"))
+    work = run.root / "work"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    logs = run.root / "logs" / "export.log"
+    source = models.resolve(cfg.student, "student")
+    meta = {"general.name": f"{source.name}-valign", "general.finetune": "valign-edge SFT+DPO"}
+    if source.preset.get("license"):
+        meta["general.license"] = source.preset["license"]
+    (work / "metadata.json").write_text(json.dumps(meta))
+    progress = Progress(emit, "export", 7, "steps")
+    with run.stage("export", key) as result:
+        merged = trainer.merge(run, "dpo", work / "merged", emit)
+        progress.update(1, "merged")
+        f16 = work / "model-f16.gguf"
+        run_converter("convert_hf_to_gguf.py", [str(merged), "--outfile", str(f16), "--outtype", "f16",
+                                                "--metadata", str(work / "metadata.json")], logs)
+        progress.update(1, "converted")
+        out.mkdir(parents=True, exist_ok=True)
+        quantize(f16, model_path, quant)
+        progress.update(1, "quantized")
+        base_f16 = work / "base-f16.gguf"
+        run_converter("convert_hf_to_gguf.py", [str(base_dir), "--outfile", str(base_f16), "--outtype", "f16"], logs)
+        quantize(base_f16, out / f"base-{quant}.gguf", quant)
+        progress.update(1, "base converted")
+        for stage, name in (("dpo", "adapter.gguf"), ("sft", "adapter-sft.gguf")):
+            adapter_dir = run.adapter_dir(stage)
+            if (adapter_dir / "adapter_model.safetensors").exists():
+                run_converter("convert_lora_to_gguf.py", [str(adapter_dir), "--base", str(base_dir), "--outfile",
+                                                          str(out / name), "--outtype", "f16"], logs)
+        progress.update(1, "adapters converted")
+        verify = _verify(run, trainer, merged, f16, model_path, quant, cfg)
+        write_json(out / "verify.json", verify)
+        progress.update(1, "verified")
+        from transformers import AutoTokenizer
+
+        template = AutoTokenizer.from_pretrained(str(merged)).chat_template
+        (out / "Modelfile").write_text(modelfile(model_path.name, template))
+        progress.update(1, "done")
+        result.update(model=str(model_path), quant=quant, verified=verify["passed"],
+                      size_mb=round(model_path.stat().st_size / 1e6, 1))
+    shutil.rmtree(work, ignore_errors=True)
+    return {"model": str(model_path), "verified": verify["passed"]}
+
+
+def _verify(run: Run, trainer, merged: Path, f16: Path, model_path: Path, quant: str, cfg: RunConfig) -> dict:
+    """Greedy tokens of the GGUF files against the merged model on prompts from the test split."""
+    from transformers import AutoTokenizer
+
+    from .batching import ensure_chat_template, prompt_ids
+
+    tok = AutoTokenizer.from_pretrained(str(merged))
+    ensure_chat_template(tok)
+    rows = datasets.load(run, "sft", "test") or datasets.load(run, "sft", "train")
+    questions = [r["messages"][0]["content"] for r in rows[: cfg.export.verify_prompts]]
+    prompts = [prompt_ids(tok, q) for q in questions]
+    n = cfg.export.verify_tokens
+    reference = trainer.greedy(merged, prompts, n)
+    f16_out = gguf_greedy(f16, prompts, n)
+    f16_agree = agreement(reference, f16_out)
+    report = {"prompts": questions, "tokens": n, "reference": trainer.name, "f16": f16_agree}
+    if quant != "f16":
+        report[quant] = agreement(reference, gguf_greedy(model_path, prompts, n))
+    adapter = run.export_dir / "adapter.gguf"
+    if adapter.exists():
+        report["adapter_over_base"] = agreement(reference, gguf_greedy(f16.parent / "base-f16.gguf", prompts, n,
+                                                                       lora=adapter))
+    report["answers"] = [tok.decode(t) for t in reference]
+    report["passed"] = f16_agree["exact"] == f16_agree["prompts"]
+    return report

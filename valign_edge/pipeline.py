@@ -1,0 +1,24 @@
+"""``valign run``: every stage in order, each skipped when done, so a killed run resumes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .config import RunConfig
+from .events import Callback
+
+
+def run_all(run, cfg: RunConfig, emit: Callback, doc: str | Path | None = None, evaluate: bool = False,
+            should_stop=lambda: False) -> dict:
+    from .export import export
+    from .generate import generate
+    from .train import train
+
+    generate(run, cfg, emit, doc=doc, should_stop=should_stop)
+    train(run, cfg, emit, should_stop=should_stop)
+    info = export(run, cfg, emit)
+    if evaluate:
+        from .evaluate import evaluate as run_eval
+
+        run_eval(run, cfg, emit)
+    return info
