@@ -44,11 +44,16 @@ def apply_edits(rows: list[dict], edits: list[dict]) -> list[dict]:
     """Later edits win. ``reject`` drops a row; ``edit`` sets fields (``answer``, ``chosen``, ...)."""
     latest: dict[str, dict] = {}
     for edit in edits:
-        latest.setdefault(edit["id"], {}).update(edit)
+        if edit.get("action") == "restore":
+            latest[edit["id"]] = edit
+        else:
+            merged = latest.get(edit["id"], {}) if latest.get(edit["id"], {}).get("action") != "restore" else {}
+            fields = {**merged.get("fields", {}), **edit.get("fields", {})}
+            latest[edit["id"]] = {**merged, **edit, "fields": fields}
     out = []
     for row in rows:
         edit = latest.get(row["meta"]["id"])
-        if edit is None:
+        if edit is None or edit.get("action") == "restore":
             out.append(row)
             continue
         if edit.get("action") == "reject":

@@ -75,3 +75,27 @@ def generate(run: Run, cfg: RunConfig, emit: Callback, doc: str | Path | None = 
         result.update(counts)
     emit(Event("stage", "generate", json.dumps(counts["splits"])))
     return run.stage_info("generate")
+
+
+def rebuild_splits(run: Run, cfg: RunConfig) -> dict:
+    """Rebuild ``data/`` from the synth records and ``data/edits.jsonl`` (after a data review)."""
+    from .workspace import read_jsonl
+
+    chunks = read_jsonl(run.chunks_path)
+    if not chunks:
+        raise UserError(f"{run.root} has no generated data yet; run: valign generate DOC --out {run.root}")
+    if cfg.generate.max_chunks:
+        chunks = chunks[: cfg.generate.max_chunks]
+    teacher_ref = models.resolve(cfg.teacher, "teacher")
+    gen = cfg.generate
+    return datasets.build(run, [c["id"] for c in chunks], gen.valid_fraction, gen.test_fraction, cfg.seed,
+                          synth_key(gen, model_id(teacher_ref), cfg.seed))
+
+
+def add_edit(run: Run, record_id: str, action: str, fields: dict | None = None) -> None:
+    """Record a review decision (``reject`` or ``edit``) that every rebuild applies."""
+    from .workspace import append_jsonl
+
+    if action not in ("reject", "edit", "restore"):
+        raise UserError(f"unknown edit action {action!r}")
+    append_jsonl(run.data_dir / "edits.jsonl", {"id": record_id, "action": action, "fields": fields or {}})
