@@ -80,13 +80,27 @@ def _sections(text: str) -> list[tuple[str, int, int]]:
     return sections
 
 
-def _pieces(text: str, start: int, end: int) -> list[tuple[int, int]]:
-    """Split [start, end) into sentence-ish pieces (paragraph breaks and sentence ends)."""
+def _pieces(text: str, start: int, end: int, max_tokens: int, count: TokenCounter) -> list[tuple[int, int]]:
+    """Split [start, end) into sentence-ish pieces (paragraph breaks and sentence ends);
+    a sentence longer than the budget is cut between words."""
     cuts = [start]
     for m in re.finditer(r"\n+|(?<=[.!?;:])\s+", text[start:end]):
         cuts.append(start + m.end())
     cuts.append(end)
-    return [(a, b) for a, b in zip(cuts, cuts[1:]) if b > a]
+    pieces = []
+    for a, b in zip(cuts, cuts[1:]):
+        if b <= a:
+            continue
+        if count(text[a:b]) <= max_tokens:
+            pieces.append((a, b))
+            continue
+        piece_start = a
+        for m in re.finditer(r"\S+\s*", text[a:b]):
+            if count(text[piece_start:a + m.end()]) > max_tokens and a + m.start() > piece_start:
+                pieces.append((piece_start, a + m.start()))
+                piece_start = a + m.start()
+        pieces.append((piece_start, b))
+    return pieces
 
 
 def _strip_span(text: str, start: int, end: int) -> tuple[int, int]:
@@ -104,7 +118,7 @@ def chunk_text(text: str, max_tokens: int = 320, overlap_tokens: int = 32,
         if count_tokens(text[s_start:s_end]) <= max_tokens:
             spans.append((heading, s_start, s_end))
             continue
-        pieces = _pieces(text, s_start, s_end)
+        pieces = _pieces(text, s_start, s_end, max_tokens, count_tokens)
         i = 0
         while i < len(pieces):
             j, size = i, 0

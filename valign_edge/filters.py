@@ -109,7 +109,7 @@ def polarity(text: str) -> int:
 
 def contradicts(chosen: str, rejected: str) -> bool:
     """Cheap evidence that ``rejected`` says the opposite of ``chosen``: same topic, flipped polarity."""
-    return distinct_pair(chosen, rejected, 0.95) and polarity(chosen) != polarity(rejected) and \
+    return normalized(chosen) != normalized(rejected) and polarity(chosen) != polarity(rejected) and \
         jaccard(content_words(chosen), content_words(rejected)) >= 0.3
 
 

@@ -52,7 +52,9 @@ def _decode(data: bytes, path: Path) -> str:
 
 def _looks_binary(data: bytes) -> bool:
     sample = data[:8192]
-    if b"\x00" in sample and not sample.startswith((b"\xff\xfe", b"\xfe\xff")):
+    if sample.startswith((b"\xff\xfe", b"\xfe\xff")):
+        return False  # UTF-16 text; decoding checks it
+    if b"\x00" in sample:
         return True
     control = sum(1 for b in sample if b < 32 and b not in (9, 10, 12, 13))
     return control > max(8, len(sample) // 50)

@@ -1,0 +1,60 @@
+import pytest
+
+from valign_edge import config
+from valign_edge.errors import UserError
+
+
+def test_defaults_then_preset_then_file_then_flags(tmp_path):
+    f = tmp_path / "c.toml"
+    f.write_text('[generate]\nquestions_per_chunk = 5\nmax_chunks = 9\n[train]\nlora_rank = 4\n')
+    cfg = config.resolve(None, "quick", f, {"generate.max_chunks": "2"})
+    assert cfg.preset == "quick"
+    assert cfg.generate.questions_per_chunk == 5  # file beats preset (quick sets 3)
+    assert cfg.generate.max_chunks == 2  # flags beat the file
+    assert cfg.train.lora_rank == 4
+    assert cfg.eval.max_new_tokens == config.PRESETS["quick"]["eval.max_new_tokens"]
+
+
+def test_saved_run_config_round_trips(tmp_path):
+    cfg = config.resolve(None, "quick", None, {"seed": "7", "train.dpo_beta": "0.2"})
+    saved = tmp_path / "config.toml"
+    saved.write_text(config.to_toml(cfg))
+    again = config.resolve(saved)
+    assert again == cfg
+
+
+@pytest.mark.parametrize("key,value,message", [
+    ("generate.nope", "1", "unknown config key"),
+    ("nosection.x", "1", "unknown config section"),
+    ("train.lora_rank", "many", "not a valid int"),
+    ("train.sft_lr", "-1", "must not be negative"),
+    ("export.quant", "q3_weird", "not one of"),
+    ("train.backend", "tpu", "not one of"),
+])
+def test_bad_values_are_one_line_errors(key, value, message):
+    with pytest.raises(UserError, match=message):
+        config.resolve(None, None, None, {key: value})
+
+
+def test_unknown_preset():
+    with pytest.raises(UserError, match="unknown preset"):
+        config.resolve(None, "turbo")
+
+
+def test_invalid_toml(tmp_path):
+    f = tmp_path / "bad.toml"
+    f.write_text("[generate\n")
+    with pytest.raises(UserError, match="not valid TOML"):
+        config.resolve(None, None, f)
+
+
+def test_parse_set():
+    assert config.parse_set(["a.b=1", "c = x"]) == {"a.b": "1", "c": "x"}
+    with pytest.raises(UserError):
+        config.parse_set(["novalue"])
+
+
+def test_every_field_has_help():
+    text = config.describe()
+    assert "generate.questions_per_chunk" in text and "# " in text
+    assert all("#" in line for line in text.splitlines())
