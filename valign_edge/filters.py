@@ -93,10 +93,13 @@ def answer_ok(answer: str, question: str) -> bool:
 
 
 def distinct_pair(chosen: str, rejected: str, max_overlap: float = 0.8) -> bool:
-    """A preference pair teaches nothing when both answers say (almost) the same."""
+    """A preference pair teaches nothing when both answers say the same: identical text, or
+    the same words with the same polarity (a flipped "not" is a real difference)."""
     if normalized(chosen) == normalized(rejected):
         return False
-    return jaccard(content_words(chosen), content_words(rejected)) < max_overlap
+    if polarity(chosen) != polarity(rejected):
+        return True
+    return jaccard(set(words(chosen)), set(words(rejected))) < max_overlap
 
 
 NEGATIONS = frozenset("not no never nobody none cannot nothing neither nor forbidden prohibited".split())

@@ -143,7 +143,7 @@ class Synthesizer:
             return text, "teacher"
         _count(rejected, "teacher_not_opposite")
         flipped = contradict(chosen)
-        if flipped and filters.distinct_pair(chosen, flipped, 0.99):
+        if flipped and filters.distinct_pair(chosen, flipped):
             return flipped, "negation"
         return None
 
@@ -174,7 +174,7 @@ class Synthesizer:
             if chosen is None:
                 continue
             bad = self._unfaithful(chunk, chosen, rejected)
-            if bad is None or not filters.distinct_pair(chosen, bad[0], 0.99):
+            if bad is None or not filters.distinct_pair(chosen, bad[0]):
                 _count(rejected, "same_pair")
                 continue
             record["items"].append({"prompt": situation, "chosen": chosen, "rejected": bad[0], "rejected_by": bad[1]})

@@ -80,8 +80,14 @@ def write_jsonl(path: Path, records: Iterable[dict]) -> None:
 def append_jsonl(path: Path, record: dict) -> None:
     """Append one record and flush it, so a killed process loses at most the record in flight."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    torn = False
+    if path.exists() and path.stat().st_size:
+        with open(path, "rb") as f:
+            f.seek(-1, os.SEEK_END)
+            torn = f.read(1) != b"\n"
     with open(path, "a", encoding="utf-8") as f:
-        f.write(json.dumps(record, ensure_ascii=False) + "\n")
+        # A writer killed mid-line left a fragment: end it, so it stays one unreadable line.
+        f.write(("\n" if torn else "") + json.dumps(record, ensure_ascii=False) + "\n")
         f.flush()
         os.fsync(f.fileno())
 
