@@ -1,0 +1,124 @@
+"""LoRA SFT/DPO, resume, merge and GGUF export on a tiny in-test llama (2 layers, real tokenizer)."""
+
+import json
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("peft")
+
+from valign_edge.config import RunConfig  # noqa: E402
+from valign_edge.errors import Cancelled  # noqa: E402
+from valign_edge.workspace import Run, write_jsonl  # noqa: E402
+
+QA = [("What must staff do with patient records?", "Keep patient records confidential."),
+      ("May I accept gifts from suppliers?", "No, you must not accept gifts from suppliers."),
+      ("What happens if I report a mistake honestly?", "Nobody is punished for reporting honestly."),
+      ("How should colleagues disagree?", "Disagree with ideas, never attack people."),
+      ("What should you do with unsafe work?", "Stop unsafe work and report the hazard."),
+      ("Who owns cooperative money?", "Cooperative money belongs to all members.")]
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from valign_edge.backends.hf import student_hf_dir
+    from valign_edge.models import resolve
+
+    tok = AutoTokenizer.from_pretrained(str(student_hf_dir(resolve("smollm2-135m-instruct"))))
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, tie_word_embeddings=True)
+    torch.manual_seed(0)
+    out = tmp_path_factory.mktemp("tiny")
+    LlamaForCausalLM(cfg).save_pretrained(out, safe_serialization=True)
+    tok.save_pretrained(out)
+    return out
+
+
+def make_run(tmp_path, tiny_model, **train):
+    run = Run.open(tmp_path / "run")
+    write_jsonl(run.split_path("sft", "train"), [
+        {"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}], "meta": {"id": str(i)}}
+        for i, (q, a) in enumerate(QA)])
+    write_jsonl(run.split_path("dpo", "train"), [
+        {"prompt": q, "chosen": a, "rejected": "Anything goes: " + q.lower(), "meta": {"id": str(i)}}
+        for i, (q, a) in enumerate(QA)])
+    cfg = RunConfig(student=str(tiny_model))
+    cfg.train.batch_tokens = 160
+    cfg.train.max_seq_len = 96
+    cfg.train.lora_rank = 4
+    cfg.train.warmup_steps = 0
+    cfg.train.sft_epochs = cfg.train.dpo_epochs = 50.0  # max_steps decides
+    for k, v in train.items():
+        setattr(cfg.train, k, v)
+    return run, cfg
+
+
+def trainer(cfg):
+    from valign_edge.backends.torch_trainer import TorchTrainer
+
+    return TorchTrainer(cfg, "cpu")
+
+
+def test_sft_lowers_loss_and_trains_the_adapter(tmp_path, tiny_model):
+    run, cfg = make_run(tmp_path, tiny_model, sft_lr=3e-2, max_steps=12)
+    result = trainer(cfg).sft(run, lambda e: None)
+    losses = [h["loss"] for h in result["history"]]
+    assert len(losses) == 12 and sum(losses[-4:]) / 4 < sum(losses[:4]) / 4 - 0.15
+    from safetensors.torch import load_file
+
+    weights = load_file(str(run.adapter_dir("sft") / "adapter_model.safetensors"))
+    assert any("lora_B" in k and v.abs().sum() > 0 for k, v in weights.items())
+    assert json.loads((run.adapter_dir("sft") / "adapter_config.json").read_text())["r"] == 4
+    assert result["padding_share"] < 0.3
+
+
+def test_dpo_learns_preferences_without_a_second_model(tmp_path, tiny_model, monkeypatch):
+    run, cfg = make_run(tmp_path, tiny_model, sft_lr=3e-2, dpo_lr=2e-2, max_steps=8, dpo_beta=0.5)
+    trainer(cfg).sft(run, lambda e: None)
+    from valign_edge.backends.torch_trainer import TorchTrainer
+
+    loads = []
+    original = TorchTrainer.load_base
+    monkeypatch.setattr(TorchTrainer, "load_base", lambda self, base: loads.append(base) or original(self, base))
+    result = trainer(cfg).dpo(run, lambda e: None)
+    assert len(loads) == 1  # the reference is precomputed log-probs, not a second model
+    assert (run.adapter_dir("dpo") / "reference_logps.safetensors").exists()
+    history = result["history"]
+    assert history[0]["loss"] == pytest.approx(0.6931, abs=0.01)  # policy == reference at step 0
+    assert history[-1]["loss"] < 0.6 and history[-1]["reward_accuracy"] >= 0.5
+
+
+def test_interrupted_training_resumes_from_the_checkpoint(tmp_path, tiny_model):
+    run, cfg = make_run(tmp_path, tiny_model, sft_lr=5e-3, max_steps=6, checkpoint_every=2)
+    calls = {"n": 0}
+
+    def stop_after_three():
+        calls["n"] += 1
+        return calls["n"] > 3
+
+    with pytest.raises(Cancelled):
+        trainer(cfg).sft(run, lambda e: None, stop_after_three)
+    state = json.loads((run.adapter_dir("sft") / "checkpoint" / "trainer_state.json").read_text())
+    assert state["step"] == 3
+    result = trainer(cfg).sft(run, lambda e: None)
+    assert result["resumed_from"] == 3 and len(result["history"]) == 3 and result["steps"] == 6
+
+
+def test_merge_convert_and_llama_cpp_reproduce_the_model(tmp_path, tiny_model):
+    from valign_edge.batching import prompt_ids
+    from valign_edge.export import agreement, gguf_greedy, run_converter
+
+    run, cfg = make_run(tmp_path, tiny_model, sft_lr=5e-3, max_steps=4)
+    t = trainer(cfg)
+    t.sft(run, lambda e: None)
+    merged = t.merge(run, "sft", tmp_path / "merged", lambda e: None)
+    gguf = tmp_path / "m.gguf"
+    run_converter("convert_hf_to_gguf.py", [str(merged), "--outfile", str(gguf), "--outtype", "f16"],
+                  tmp_path / "convert.log")
+    tok = t.load_tokenizer(merged)
+    prompts = [prompt_ids(tok, q) for q, _ in QA[:2]]
+    reference = t.greedy(merged, prompts, 12)
+    assert agreement(reference, gguf_greedy(gguf, prompts, 12))["exact"] == 2
