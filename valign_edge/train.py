@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from .backends import choose_backend, load_trainer
 from .config import RunConfig
 from .errors import UserError
 from .events import Callback, Event, log
-from .workspace import Run, hash_file, hash_obj
+from .workspace import Run, available_memory_bytes, hash_file, hash_obj, require_free_disk
 
 
 def _data_hash(run: Run, kind: str) -> str:
@@ -14,6 +16,36 @@ def _data_hash(run: Run, kind: str) -> str:
     if not path.exists():
         raise UserError(f"{run.root} has no {kind.upper()} data; run: valign generate DOC --out {run.root}")
     return hash_file(path)
+
+
+def training_memory_bytes(base: Path, tc) -> int:
+    """A rough peak for LoRA training of the student in ``base`` (safetensors folder): weights and a
+    low-precision copy, one batch's logits (large: the vocabulary) and the activations kept for backward."""
+    import json
+
+    weights = sum(p.stat().st_size for p in base.glob("*.safetensors"))
+    try:
+        conf = json.loads((base / "config.json").read_text(encoding="utf-8"))
+        conf = conf.get("text_config", conf)
+    except (OSError, ValueError):
+        conf = {}
+    vocab, hidden = conf.get("vocab_size", 32000), conf.get("hidden_size", 2048)
+    layers = conf.get("num_hidden_layers", 16)
+    tokens = max(tc.batch_tokens, tc.max_seq_len)
+    return int(weights * 1.5 + tokens * vocab * 4 * 3 + tokens * hidden * layers * 4 * 20 + 500e6)
+
+
+def check_resources(run: Run, base: Path, cfg: RunConfig, device: str) -> None:
+    """Fail early, in one line, when the disk or the memory cannot hold the training."""
+    weights = sum(p.stat().st_size for p in base.glob("*.safetensors"))
+    # adapters, their checkpoints (adapter + optimizer state) and the temporary final copy
+    require_free_disk(run.root, weights * 0.25 + 32e6, "training checkpoints and adapters")
+    if device != "cpu":
+        return
+    need, available = training_memory_bytes(base, cfg.train), available_memory_bytes()
+    if available is not None and need > available:
+        raise UserError(f"training needs about {need / 1e9:.1f} GB of memory, {available / 1e9:.1f} GB is available; "
+                        f"lower train.batch_tokens (now {cfg.train.batch_tokens}) or close other programs")
 
 
 def train(run: Run, cfg: RunConfig, emit: Callback, should_stop=lambda: False) -> dict:
@@ -29,10 +61,27 @@ def train(run: Run, cfg: RunConfig, emit: Callback, should_stop=lambda: False) -
         if run.is_done(stage, key) and (run.adapter_dir(method) / "adapter_config.json").exists():
             log(emit, stage, f"{stage}: up to date, skipped")
             continue
-        trainer = trainer or load_trainer(choice, cfg)
+        if trainer is None:
+            trainer = load_trainer(choice, cfg)
+            # Validate the student and the machine before a stage is marked started, so a bad
+            # --student or a too-small machine leaves a finished run exactly as it was.
+            check_resources(run, trainer.base_dir(emit), cfg, choice.device)
         emit(Event("stage", stage, f"{method.upper()} with {choice.name} on {choice.device}"))
         with run.stage(stage, key, {"data": sft_data if method == "sft" else dpo_data}) as result:
             out = getattr(trainer, method)(run, emit, should_stop)
             result.update({k: v for k, v in out.items() if k != "history"}, backend=choice.name)
     return {"sft": str(run.adapter_dir("sft")), "dpo": str(run.adapter_dir("dpo")), "backend": choice.name,
             "device": choice.device}
+
+
+def _sft_as_dpo(run: Run, emit: Callback) -> None:
+    """A document with no value-bearing chunk gives no preference pairs: the SFT adapter stands in."""
+    import json
+    import shutil
+
+    log(emit, "train_dpo", "no preference pairs in the data (no value-bearing chunks): DPO skipped, "
+                           "the exported model is the SFT model")
+    target = run.adapter_dir("dpo")
+    shutil.rmtree(target, ignore_errors=True)
+    shutil.copytree(run.adapter_dir("sft"), target, ignore=shutil.ignore_patterns("checkpoint"))
+    (target / "training.json").write_text(json.dumps({"skipped": "no preference pairs", "copied_from": "sft"}))
