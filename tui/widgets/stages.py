@@ -1,0 +1,40 @@
+"""The list of pipeline stages with a status mark, the time each took and what it is doing."""
+
+from __future__ import annotations
+
+from rich.table import Table
+from rich.text import Text
+from textual.widgets import Static
+
+from ..state import STAGE_TITLES, JobState
+
+MARKS = {
+    "pending": ("·", "dim"),
+    "running": ("▶", "bold bright_yellow"),
+    "done": ("✔", "bright_green"),
+    "skipped": ("✔", "green"),
+    "partial": ("◐", "yellow"),
+    "stale": ("↻", "yellow"),
+    "cancelled": ("■", "yellow"),
+    "failed": ("✘", "bold bright_red"),
+}
+WORDS = {"partial": "interrupted", "stale": "out of date", "skipped": "up to date"}
+
+
+class StageList(Static):
+    """One line per stage."""
+
+    def show(self, state: JobState) -> None:
+        table = Table.grid(padding=(0, 1), expand=True)
+        table.add_column(width=1)
+        table.add_column(no_wrap=True)
+        table.add_column(justify="right", no_wrap=True, ratio=1)
+        for stage, view in state.stages.items():
+            mark, style = MARKS.get(view.status, ("?", ""))
+            word = WORDS.get(view.status, view.status)
+            if view.status == "done" and view.wall_s is not None:
+                word = f"done {view.wall_s:.0f}s" if view.wall_s >= 1 else "done"
+            elif view.status == "running" and view.total:
+                word = f"{100 * (view.done or 0) / view.total:.0f}%"
+            table.add_row(Text(mark, style=style), Text(STAGE_TITLES[stage]), Text(word, style=style))
+        self.update(table)
