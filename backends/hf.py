@@ -16,6 +16,15 @@ from pathlib import Path
 from ..errors import UserError
 from ..events import Callback, log, null_callback
 from ..models import CACHE_DIR, ModelRef
+from ..workspace import require_free_disk
+
+
+def quiet_transformers() -> None:
+    """Our own progress events report loading; transformers' bars would clutter the terminal."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
 
 
 def _identity(ref: ModelRef) -> str:
@@ -35,6 +44,8 @@ def student_hf_dir(ref: ModelRef, emit: Callback = null_callback) -> Path:
     try:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        quiet_transformers()
     except ImportError:
         raise UserError("a GGUF student needs the torch extra to convert it; run: pip install 'valign-edge[torch]'") from None
     try:
@@ -46,6 +57,8 @@ def student_hf_dir(ref: ModelRef, emit: Callback = null_callback) -> Path:
     if getattr(model, "hf_quantizer", None) is not None:
         model.hf_quantizer.remove_quantization_config(model)
     target.parent.mkdir(parents=True, exist_ok=True)
+    require_free_disk(target.parent, sum(p.numel() * p.element_size() for p in model.parameters()) + 64e6,
+                      f"the converted student ({target.name})")
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
     try:
         model.save_pretrained(tmp, safe_serialization=True)

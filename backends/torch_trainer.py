@@ -40,6 +40,9 @@ class TorchTrainer:
         import torch
 
         warnings.filterwarnings("ignore", category=FutureWarning)
+        from .hf import quiet_transformers
+
+        quiet_transformers()
 
         self.cfg, self.device = cfg, device
         tc = cfg.train
@@ -110,12 +113,15 @@ class TorchTrainer:
         """Per-sequence sum of log p(token) over positions [start, end) and the token count."""
         import torch
 
+        # Logits only where a reply token is predicted: the vocabulary projection and softmax
+        # over prompt positions would be thrown away.
+        offset = min(starts) - 1
         with self.autocast():
-            logits = model(input_ids=ids, attention_mask=mask).logits
+            logits = model(input_ids=ids, attention_mask=mask, logits_to_keep=ids.shape[1] - offset).logits
         sums, counts = [], []
         for i, (s, e) in enumerate(zip(starts, ends)):
             target = ids[i, s:e]
-            lp = torch.log_softmax(logits[i, s - 1:e - 1].float(), dim=-1)
+            lp = torch.log_softmax(logits[i, s - 1 - offset:e - 1 - offset].float(), dim=-1)
             sums.append(lp.gather(-1, target.unsqueeze(-1)).squeeze(-1).sum())
             counts.append(e - s)
         return torch.stack(sums), counts
@@ -241,9 +247,10 @@ class TorchTrainer:
             labels[mask == 0] = -100
             for row, i in enumerate(batch):
                 labels[row, : examples[i].prompt_len] = -100
+            offset = min(examples[i].prompt_len for i in batch) - 1  # see _token_logps
             with self.autocast():
-                logits = model(input_ids=ids, attention_mask=mask).logits
-            shift_logits, shift_labels = logits[:, :-1], labels[:, 1:]
+                logits = model(input_ids=ids, attention_mask=mask, logits_to_keep=ids.shape[1] - offset).logits
+            shift_logits, shift_labels = logits[:, :-1], labels[:, offset + 1:]
             keep = shift_labels != -100
             loss = torch.nn.functional.cross_entropy(shift_logits[keep].float(), shift_labels[keep])
             return loss, int(mask.sum()), {}
