@@ -236,7 +236,7 @@ def test_quick_run_started_in_the_app_finishes(tiny_run):
     assert any(e["kind"] == "metric" and e["stage"] == "train_dpo" for e in events)
 
 
-def test_chat_streams_from_the_exported_model(tiny_run, monkeypatch):
+def test_chat_streams_from_the_exported_model(tiny_run):
     from textual.widgets import Input
 
     run_dir, _ = tiny_run
@@ -249,21 +249,20 @@ def test_chat_streams_from_the_exported_model(tiny_run, monkeypatch):
             screen = app.screen
             screen.max_tokens = 32
             assert "model-q8_0.gguf" in str(screen.query_one("#pane-aligned").border_title)
-            pieces: list[int] = []
-            original = screen.on_chat_piece
-
-            def counting(message):
-                pieces.append(len(message.text))
-                original(message)
-
-            monkeypatch.setattr(screen, "on_chat_piece", counting)
             screen.query_one("#chat-input", Input).value = "May I tell my friends who visited the food bank?"
             await pilot.press("enter")
             await wait_for(pilot, lambda: screen.busy, 10, "the answer to start")
-            await wait_for(pilot, lambda: not screen.busy, 180, "the answer to finish")
+            seen_lengths = set()
+
+            def done() -> bool:
+                shown = [str(w.render()) for w in screen.query("#pane-aligned .answer")]
+                seen_lengths.update(len(t) for t in shown)
+                return not screen.busy
+
+            await wait_for(pilot, done, 180, "the answer to finish")
             answers = [str(w.render()) for w in screen.query("#pane-aligned .answer")]
             assert len(answers) == 1 and answers[0].strip() and answers[0] != "(no answer)"
-            assert len(pieces) > 1  # streamed in pieces, not in one block
+            assert len(seen_lengths) > 2  # the answer grew piece by piece while it streamed
             await pilot.press("ctrl+t")  # compare with the vanilla model on the next question
             screen.query_one("#chat-input", Input).value = "What must volunteers never ask visitors?"
             await pilot.press("enter")

@@ -7,10 +7,13 @@ worker thread; they are also appended to the run's ``logs/events.jsonl`` like th
 
 from __future__ import annotations
 
+import contextlib
+import os
+import sys
 import threading
 import traceback
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 from textual import work
 from textual.app import App, SystemCommand
@@ -74,6 +77,7 @@ class ValignApp(App):
         self.doc: Path | None = None  # document to (re)read on the next pipeline start
         self.job = JobState()
         self.stop_requested = threading.Event()
+        self.job_thread_busy = threading.Event()  # set from a job's start until its thread has returned
         self._quit_pending = False
         self._screens: dict[str, Screen] = {}
 
@@ -232,7 +236,8 @@ class ValignApp(App):
                 raise UserError(f"evaluation is not available in this installation ({exc})") from None
             return run_eval(run, cfg, emit)
 
-        self._start_job("eval", evaluate)
+        # evaluate() has no should_stop: a cancel raises from its next progress event instead.
+        self._start_job("eval", evaluate, cancel_on_event=True)
 
     def cancel_job(self) -> None:
         if not self.job.job:
@@ -250,21 +255,29 @@ class ValignApp(App):
             return False
         return True
 
-    def _start_job(self, name: str, body: Callable) -> None:
+    def _start_job(self, name: str, body: Callable, cancel_on_event: bool = False) -> None:
         self.stop_requested.clear()
+        self.job_thread_busy.set()
         self.job.begin(name)
         self.on_job_event(JobEvent(Event("log", name, f"{name} started")))
-        self._job_worker(name, self.active_run, body)
+        self._job_worker(name, self.active_run, body, cancel_on_event)
 
     @work(thread=True, exclusive=True, group="job", exit_on_error=False)
-    def _job_worker(self, name: str, run, body: Callable) -> None:
+    def _job_worker(self, name: str, run, body: Callable, cancel_on_event: bool) -> None:
         from valign_edge.events import JsonlSink
 
-        sink = JsonlSink(run.events_path)
+        try:
+            sink = JsonlSink(run.events_path)
+        except OSError as exc:
+            self.job_thread_busy.clear()
+            self.post_message(JobDone(name, "failed", f"cannot write to {run.root}: {exc.strerror}"))
+            return
 
         def emit(event: Event) -> None:
             sink(event)
             self.post_message(JobEvent(event))
+            if cancel_on_event and self.stop_requested.is_set():
+                raise Cancelled(f"{name} cancelled")
 
         status, message, result = "done", "", None
         try:
@@ -278,6 +291,7 @@ class ValignApp(App):
                 self._log_traceback(exc)
         finally:
             sink.close()
+            self.job_thread_busy.clear()
         self.post_message(JobDone(name, status, message, result))
 
     def on_job_event(self, message: JobEvent) -> None:
@@ -325,5 +339,46 @@ def create_app(run_dir: Path | None = None) -> ValignApp:
     return ValignApp(run_dir)
 
 
+@contextlib.contextmanager
+def native_output_to(log_path: Path) -> Iterator[None]:
+    """Give Textual its own handle on the terminal and send fds 1 and 2 to ``log_path`` meanwhile.
+
+    Textual draws on ``sys.__stderr__``. llama.cpp, torch and the GGUF converters write to fds 1
+    and 2 from C, and the library silences llama.cpp by pointing those fds at /dev/null for the
+    length of a call; either would blank or garble the screen. With the terminal on a duplicate
+    descriptor, nothing written to fds 1 and 2 reaches it, and native messages land in a log file.
+    """
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    terminal = os.fdopen(os.dup(2), "w", encoding=sys.stderr.encoding or "utf-8", errors="replace",
+                         buffering=1)
+    saved = [os.dup(1), os.dup(2)]
+    log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    original = sys.__stderr__
+    sys.__stderr__ = terminal
+    os.dup2(log_fd, 1)
+    os.dup2(log_fd, 2)
+    try:
+        yield
+    finally:
+        sys.__stderr__ = original
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for fd in (*saved, log_fd):
+            os.close(fd)
+        terminal.close()
+
+
 def run_app(run_dir: Path | None = None) -> None:
-    create_app(run_dir).run()
+    from valign_edge.models import CACHE_DIR
+
+    app = create_app(run_dir)
+    if sys.stderr.isatty():
+        with native_output_to(CACHE_DIR / "tui-native.log"):
+            app.run()
+    else:
+        app.run()
+    if app.job_thread_busy.is_set():  # quit twice while a stage was running: it stops at its next step
+        print("valign: stopping the running stage (it resumes next time); Ctrl-C to leave at once",
+              file=sys.stderr)

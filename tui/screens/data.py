@@ -144,6 +144,9 @@ class DataScreen(ValignScreen):
             return None
         return self.rows[table.cursor_row]
 
+    def job_done(self, message) -> None:
+        self._safe_refresh()  # generation may have written new records
+
     # --- detail ---------------------------------------------------------------------------------------
     @on(DataTable.RowHighlighted, "#records")
     def _row_highlighted(self) -> None:

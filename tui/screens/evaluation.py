@@ -69,6 +69,7 @@ class EvalScreen(ValignScreen):
             for row in report.get("table", []):
                 table.add_row(Text(str(row.get("system", "")), style="bold"),
                               *[_cell(row.get(c)) for c in columns])
+            table.styles.height = min(12, table.row_count + 3)  # header and border
         self._draw_charts()
         self._draw_status()
 

@@ -9,27 +9,24 @@ from textual.screen import ModalScreen
 from textual.widgets import Markdown
 
 HELP = """\
-# valign-edge
+# valign-edge: keys
 
-Align a small local model to the values in a document, entirely offline: the teacher writes
-questions and answers grounded in the document (SFT data) and faithful/unfaithful answer pairs
-(DPO data), the student is trained with LoRA (SFT, then DPO), merged and exported to GGUF.
+`ctrl+p` command palette · `?` this help · `ctrl+q` quit (a running stage stops first) · `tab` next
+field · `esc` leave a text field, so the number keys switch screens (or click a screen's name).
 
-| key | screen | what it does |
-|---|---|---|
-| `1` | Start | choose the document, teacher, student, backend, preset and settings; start a run or open one |
-| `2` | Pipeline | stage statuses, progress with rate and ETA, loss curves, the live log; `s` start/resume, `c` cancel |
-| `3` | Data | review SFT and DPO records next to their source chunk; `r` reject, `u` restore, `e` edit, `k` SFT/DPO |
-| `4` | Evaluation | vanilla, RAG, SFT and SFT+DPO side by side; `e` runs the evaluation |
-| `5` | Chat | talk to the exported model; `ctrl+t` compare with vanilla, `ctrl+g` RAG, `esc` stop, `ctrl+l` clear |
+- **1 Start**: document (with a preview of its chunks), teacher, student, backend, preset, settings;
+  `ctrl+s` start the run, `ctrl+r` open a run folder, `ctrl+o` browse for a document.
+- **2 Pipeline**: each stage's status, progress with rate and ETA, SFT and DPO loss curves, the live log;
+  `s` start or resume, `c` cancel (the stage stops at its next step and resumes from there later).
+- **3 Data**: SFT and DPO records beside their source chunk, filtered by split and chunk;
+  `r` reject, `u` restore, `e` edit, `k` switch SFT/DPO. Decisions are saved in the run
+  (`data/edits.jsonl`) and kept on resume; training runs again on the next start.
+- **4 Evaluation**: vanilla, RAG, SFT and SFT+DPO side by side, as a table and bar charts; `e` runs it.
+- **5 Chat**: streaming answers from the exported model; `ctrl+t` compare with the vanilla model,
+  `ctrl+g` RAG from the document, `esc` stop an answer, `ctrl+l` clear.
 
-Everywhere: `ctrl+p` command palette, `?` this help, `ctrl+q` quit (a running stage stops at its next
-step first; the run resumes later from where it stopped), `tab` moves between fields, `esc` leaves a
-text field so that the number keys switch screens again (or click a name in the bar under the title).
-
-Data decisions are saved in the run (`data/edits.jsonl`) and kept on resume: training runs again on
-the next start because its inputs changed. The same run folder works with the `valign` command:
-`valign run DOC --out RUN` resumes what the app started, and the other way round.
+The run folder is shared with the `valign` command: `valign run DOC --out RUN` resumes what the app
+started, and the other way round.
 """
 
 

@@ -76,7 +76,7 @@ class StartScreen(ValignScreen):
                     yield Label("Backend", classes="field-label")
                     yield Select([(c, c) for c in CHOICES["train.backend"]], value="auto", allow_blank=False,
                                  id="backend", compact=True)
-                    yield Static("", id="backend-info", classes="inline-info")
+                yield Static("", id="backend-info", classes="field-info")
                 with Horizontal(classes="row"):
                     yield Label("Preset", classes="field-label")
                     yield Select([(p, p) for p in PRESETS], value="quick", allow_blank=False, id="preset",
@@ -273,7 +273,10 @@ class StartScreen(ValignScreen):
         for chunk in chunks[:PREVIEW_CHUNKS]:
             body.append(f"{chunk.id.split('-')[0]} ", style="dim")
             body.append((chunk.heading or "(no heading)") + "\n", style="bold")
-            snippet = " ".join(chunk.text.split())
+            lines = chunk.text.splitlines()
+            if lines and chunk.heading and chunk.heading in lines[0]:
+                lines = lines[1:]  # the heading is shown above
+            snippet = " ".join(" ".join(lines).split())
             body.append((snippet[:240] + ("…" if len(snippet) > 240 else "")) + "\n\n")
         if len(chunks) > PREVIEW_CHUNKS:
             body.append(f"… and {len(chunks) - PREVIEW_CHUNKS} more chunks", style="dim")
