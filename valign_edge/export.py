@@ -159,6 +159,8 @@ def export(run: Run, cfg: RunConfig, emit: Callback) -> dict:
         progress.update(1, "base converted")
         for stage, name in (("dpo", "adapter.gguf"), ("sft", "adapter-sft.gguf")):
             adapter_dir = run.adapter_dir(stage)
+            if (adapter_dir / "peft" / "adapter_model.safetensors").exists():
+                adapter_dir = adapter_dir / "peft"  # the MLX backend's PEFT-format copy of its adapter
             if (adapter_dir / "adapter_model.safetensors").exists():
                 run_converter("convert_lora_to_gguf.py", [str(adapter_dir), "--base", str(base_dir), "--outfile",
                                                           str(out / name), "--outtype", "f16"], logs)
