@@ -50,6 +50,36 @@ def peak_rss_mb() -> float:
     return rss / (1 << 20) if sys.platform == "darwin" else rss / 1024
 
 
+def require_free_disk(path: Path, need_bytes: float, what: str) -> None:
+    """Refuse, before writing, when the disk holding ``path`` has less than ``need_bytes`` free."""
+    import shutil
+
+    path = Path(path)
+    probe = next((p for p in (path, *path.parents) if p.exists()), Path("."))
+    free = shutil.disk_usage(probe).free
+    if free < need_bytes:
+        raise UserError(f"not enough disk space for {what}: need about {need_bytes / 1e6:,.0f} MB in {probe}, "
+                        f"{free / 1e6:,.0f} MB free")
+
+
+def available_memory_bytes() -> int | None:
+    """Memory this process can still use (Linux: MemAvailable, capped by a cgroup limit); None if unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            info = {line.split(":")[0]: int(line.split()[1]) * 1024 for line in f if line.split()[1:]}
+        available = info["MemAvailable"]
+    except (OSError, KeyError, ValueError, IndexError):
+        return None
+    try:
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        if limit != "max":
+            used = int(Path("/sys/fs/cgroup/memory.current").read_text())
+            available = min(available, int(limit) - used)
+    except (OSError, ValueError):
+        pass
+    return max(0, available)
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
