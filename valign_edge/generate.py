@@ -13,7 +13,7 @@ from .errors import UserError
 from .events import Callback, Event, log
 from .ingest import read_document
 from .synth import synth_key, synthesize
-from .workspace import Run, atomic_write_text, hash_obj, write_jsonl
+from .workspace import Run, atomic_write_text, hash_obj, require_free_disk, write_jsonl
 
 
 def model_id(ref: models.ModelRef) -> str:
@@ -36,6 +36,8 @@ def load_document(run: Run, doc: str | Path | None) -> str:
         return run.document_path.read_text(encoding="utf-8")
     text = read_document(doc).text
     if not run.document_path.exists() or run.document_path.read_text(encoding="utf-8") != text:
+        # the document, its chunks and the teacher's records: a few times the text, plus logs
+        require_free_disk(run.root, 4 * len(text.encode("utf-8")) + 16e6, "the document and its generated data")
         atomic_write_text(run.document_path, text)
     return text
 
@@ -47,10 +49,10 @@ def generate(run: Run, cfg: RunConfig, emit: Callback, doc: str | Path | None = 
     teacher_ref = models.resolve(cfg.teacher, "teacher")
     if teacher_ref.kind != "gguf":
         raise UserError(f"teacher {cfg.teacher!r} must be a GGUF file run by llama.cpp")
-    save_config(run, cfg)
     gen = cfg.generate
     key = hash_obj([hash_obj(text), model_id(teacher_ref), asdict(gen), cfg.seed])
     if run.is_done("generate", key) and run.split_path("sft", "train").exists():
+        save_config(run, cfg)
         log(emit, "generate", "generate: up to date, skipped")
         return run.stage_info("generate")
     from .backends.llama_cpp import LlamaTeacher
@@ -58,6 +60,8 @@ def generate(run: Run, cfg: RunConfig, emit: Callback, doc: str | Path | None = 
     emit(Event("stage", "generate", f"teacher {teacher_ref.name}"))
     teacher = LlamaTeacher(teacher_ref.path, n_ctx=gen.n_ctx, n_threads=gen.n_threads,
                            n_threads_batch=gen.n_threads_batch, seed=cfg.seed)
+    # Saved only once the teacher loads: a bad --teacher must not become the run's setting.
+    save_config(run, cfg)
     with run.stage("generate", key, {"document": hash_obj(text), "teacher": model_id(teacher_ref)}) as result:
         budget = gen.chunk_tokens
         chunks = chunk_text(text, budget, gen.chunk_overlap, teacher.count_tokens)
