@@ -300,6 +300,34 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("\nvalign: interrupted; run the same command again to resume", file=sys.stderr)
         return 130
+    except Exception as exc:
+        # The machine, not the code: a full disk or a folder we may not write, from our own writes or
+        # from inside a library (safetensors and torch wrap the OS error in their own exceptions).
+        problem = environment_error(exc)
+        if problem is None:
+            raise
+        print(f"valign: error: {problem}; nothing finished was lost, run the same command again once fixed",
+              file=sys.stderr)
+        return 2
+
+
+def environment_error(exc: BaseException) -> str | None:
+    """One line for a disk-full or permission error anywhere in ``exc``'s chain, else None."""
+    import errno
+
+    seen = exc
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EDQUOT):
+            return f"no space left on the disk ({seen.filename or 'writing'})"
+        if isinstance(seen, OSError) and seen.errno == errno.EROFS:
+            return f"cannot write to {seen.filename or 'the run folder'}: read-only file system"
+        if isinstance(seen, OSError) and seen.errno in (errno.EACCES, errno.EPERM):
+            return f"cannot access {seen.filename or 'a file'}: permission denied"
+        text = str(seen)
+        if "No space left on device" in text or "StorageFull" in text or "os error 28" in text:
+            return "no space left on the disk"
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 if __name__ == "__main__":
