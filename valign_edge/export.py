@@ -9,6 +9,7 @@ and ``verify.json`` (greedy tokens of the GGUF against the merged model).
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -19,7 +20,7 @@ from .backends import choose_backend, load_trainer
 from .config import RunConfig
 from .errors import UserError
 from .events import Callback, Event, Progress, log
-from .workspace import Run, hash_file, hash_obj, write_json
+from .workspace import Run, atomic_write_text, hash_file, hash_obj, write_json
 
 LLAMA_CPP_VERSION = "0.3.36"
 QUANT_FTYPES = {"q8_0": "LLAMA_FTYPE_MOSTLY_Q8_0", "q4_k_m": "LLAMA_FTYPE_MOSTLY_Q4_K_M",
@@ -47,7 +48,9 @@ def run_converter(script: str, args: list[str], log_path: Path) -> None:
 
 def quantize(src: Path, dst: Path, quant: str) -> None:
     if quant == "f16":
-        shutil.copyfile(src, dst)
+        tmp = dst.with_suffix(".tmp")
+        shutil.copyfile(src, tmp)
+        tmp.replace(dst)  # a killed copy must not leave a cut-off model under the final name
         return
     import llama_cpp
 
@@ -162,8 +165,10 @@ def export(run: Run, cfg: RunConfig, emit: Callback) -> dict:
             if (adapter_dir / "peft" / "adapter_model.safetensors").exists():
                 adapter_dir = adapter_dir / "peft"  # the MLX backend's PEFT-format copy of its adapter
             if (adapter_dir / "adapter_model.safetensors").exists():
+                # Converted in work/ and moved into place whole: a kill mid-write leaves no cut-off GGUF.
                 run_converter("convert_lora_to_gguf.py", [str(adapter_dir), "--base", str(base_dir), "--outfile",
-                                                          str(out / name), "--outtype", "f16"], logs)
+                                                          str(work / name), "--outtype", "f16"], logs)
+                os.replace(work / name, out / name)
         progress.update(1, "adapters converted")
         verify = _verify(run, trainer, merged, f16, model_path, quant, cfg)
         write_json(out / "verify.json", verify)
@@ -171,7 +176,7 @@ def export(run: Run, cfg: RunConfig, emit: Callback) -> dict:
         from transformers import AutoTokenizer
 
         template = AutoTokenizer.from_pretrained(str(merged)).chat_template
-        (out / "Modelfile").write_text(modelfile(model_path.name, template))
+        atomic_write_text(out / "Modelfile", modelfile(model_path.name, template))
         progress.update(1, "done")
         result.update(model=str(model_path), quant=quant, verified=verify["passed"],
                       size_mb=round(model_path.stat().st_size / 1e6, 1))
