@@ -8,6 +8,7 @@ and ``verify.json`` (greedy tokens of the GGUF against the merged model).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -146,7 +147,10 @@ def export(run: Run, cfg: RunConfig, emit: Callback) -> dict:
         meta["general.license"] = source.preset["license"]
     (work / "metadata.json").write_text(json.dumps(meta))
     progress = Progress(emit, "export", 7, "steps")
-    with run.stage("export", key) as result:
+    with run.stage("export", key) as result, contextlib.ExitStack() as cleanup:
+        # work/ holds the merged model and F16 GGUFs, several times the model's size: never leave it
+        # behind on a failure (a full disk would stay full).
+        cleanup.callback(shutil.rmtree, work, ignore_errors=True)
         merged = trainer.merge(run, "dpo", work / "merged", emit)
         progress.update(1, "merged")
         f16 = work / "model-f16.gguf"
