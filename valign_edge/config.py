@@ -77,6 +77,14 @@ class EvalConfig:
     rag_top_k: int = opt(2, "chunks retrieved for the RAG systems")
     judge: str = opt("", "judge model (preset or GGUF path; empty: the teacher)")
     judge_pairs: int = opt(0, "judge at most N questions per comparison (0: all)")
+    judge_mode: str = opt("logits", "logits (A vs B log-probabilities, position bias cancelled across both "
+                                    "orders) or verdict (the judge's likeliest reply per order)")
+    judge_tie_margin: float = opt(0.1, "logits judge: debiased margins (nats) below this are ties")
+    systems: str = opt("vanilla,rag,sft,dpo,dpo_rag", "systems to compare (comma-separated; dpo is always in)")
+    ref_judge_margin: float = opt(0.01, "reference judge: closeness differences below this are ties")
+    bootstrap: int = opt(1000, "bootstrap resamples for the metric intervals")
+    n_threads: int = opt(0, "llama.cpp decode threads for answers and the judge (0: auto, 1 on a busy machine)")
+    n_threads_batch: int = opt(0, "llama.cpp prompt threads (0: auto, 1 on a busy machine)")
 
 
 @dataclass
