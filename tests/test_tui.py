@@ -21,7 +21,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from valign_edge.tui.app import create_app
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -73,7 +72,13 @@ def build_sample_run(root: Path) -> Path:
     from valign_edge.generate import model_id, save_config
     from valign_edge.ingest import read_document
     from valign_edge.synth import synth_key
-    from valign_edge.workspace import Run, append_jsonl, atomic_write_text, write_json, write_jsonl
+    from valign_edge.workspace import (
+        Run,
+        append_jsonl,
+        atomic_write_text,
+        write_json,
+        write_jsonl,
+    )
 
     run = Run.open(root, create=True)
     cfg = config.resolve(preset="quick")
@@ -125,6 +130,8 @@ def build_sample_run(root: Path) -> Path:
     write_json(run.eval_dir / "report.json", {
         "systems": ["vanilla", "rag", "sft", "sft+dpo"],
         "columns": ["rougeL", "bleu", "bertscore_f1", "faithfulness"],
+        "column_labels": {"rougeL": "ROUGE-L F1", "bleu": "BLEU (corpus)", "bertscore_f1": "BERTScore F1",
+                          "faithfulness": "Faithfulness (judge)"},
         "table": [
             {"system": "vanilla", "rougeL": 0.121, "bleu": 2.4, "bertscore_f1": 0.512, "faithfulness": 0.31},
             {"system": "rag", "rougeL": 0.244, "bleu": 7.9, "bertscore_f1": 0.611, "faithfulness": 0.58},
@@ -280,7 +287,6 @@ def test_chat_streams_from_the_exported_model(tiny_run):
 # --- screens on the sample run -------------------------------------------------------------------------
 def test_every_screen_opens_from_keys_and_palette(in_sample):
     from textual.command import CommandPalette
-
     from valign_edge.tui.screens.data import DataScreen
     from valign_edge.tui.screens.help import HelpScreen
 
@@ -386,7 +392,6 @@ def test_start_screen_fills_the_form_from_an_opened_run(in_sample):
 
 def test_reject_edit_and_restore_records(sample_copy):
     from textual.widgets import DataTable, Select, TextArea
-
     from valign_edge.tui.screens.dialogs import EditRecord
 
     def ids(kind: str, split: str) -> list[str]:
@@ -457,7 +462,6 @@ def test_reject_edit_and_restore_records(sample_copy):
 
 def test_evaluation_screen_shows_table_and_bars(in_sample):
     from textual.widgets import DataTable
-
     from valign_edge.tui.widgets.charts import BarChart
 
     async def go():
@@ -468,7 +472,8 @@ def test_evaluation_screen_shows_table_and_bars(in_sample):
             table = app.screen.query_one("#eval-table", DataTable)
             assert table.row_count == 4 and len(table.columns) == 5
             charts = list(app.screen.query(BarChart))
-            assert [c.title for c in charts] == ["rougeL", "bleu", "bertscore_f1", "faithfulness"]
+            assert [c.title for c in charts] == ["ROUGE-L F1", "BLEU (corpus)", "BERTScore F1",
+                                                 "Faithfulness (judge)"]
             assert "n/a" in str(charts[3].render())
 
     run_async(go())

@@ -12,12 +12,13 @@ import os
 import sys
 import threading
 import traceback
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, ClassVar
 
 from textual import work
 from textual.app import App, SystemCommand
-from textual.binding import Binding
+from textual.binding import Binding, BindingType
 from textual.message import Message
 from textual.screen import Screen
 
@@ -59,7 +60,7 @@ class ValignApp(App):
     CSS_PATH = "app.tcss"
     TITLE = "valign-edge"
     SUB_TITLE = "align a small local model to a document"
-    BINDINGS = [
+    BINDINGS: ClassVar[list[BindingType]] = [
         Binding("1", "goto('start')", "Start", show=False, id="goto.start"),
         Binding("2", "goto('pipeline')", "Pipeline", show=False, id="goto.pipeline"),
         Binding("3", "goto('data')", "Data", show=False, id="goto.data"),

@@ -91,7 +91,7 @@ class JobState:
             return
         try:
             stages = run.manifest().get("stages", {})
-        except Exception:  # an unreadable manifest is reported where the run is opened
+        except Exception:  # noqa: BLE001 - an unreadable manifest is reported where the run is opened
             return
         for name, view in self.stages.items():
             info = stages.get(name)
@@ -123,6 +123,9 @@ class JobState:
             view.data = dict(event.data)
             if event.message:
                 view.message = event.message
+        elif event.kind == "progress" and self.current and event.total:
+            # a sub-step with its own name (reference log-probs, model conversion): show it on the stage
+            self.stages[self.current].message = f"{event.stage} {event.done or 0}/{event.total} {event.unit}"
         elif event.kind == "stage" and stage:
             self._set_running(stage)
             self.stages[stage].message = event.message

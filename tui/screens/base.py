@@ -20,7 +20,7 @@ class ValignScreen(Screen):
     SCREEN_NAME = ""
 
     @property
-    def valign(self) -> "ValignApp":
+    def valign(self) -> ValignApp:
         return self.app  # type: ignore[return-value]
 
     def compose(self) -> ComposeResult:

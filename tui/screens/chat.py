@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import threading
+from typing import ClassVar
 
 from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
-from textual.binding import Binding
+from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, VerticalScroll
 from textual.message import Message
 from textual.widgets import Input, Label, Static, Switch
@@ -31,7 +32,7 @@ class ChatFinished(Message):
 class ChatScreen(ValignScreen):
     SCREEN_NAME = "chat"
     AUTO_FOCUS = "#chat-input"
-    BINDINGS = [
+    BINDINGS: ClassVar[list[BindingType]] = [
         Binding("ctrl+t", "toggle_compare", "Compare", id="chat.compare"),
         Binding("ctrl+g", "toggle_rag", "RAG", id="chat.rag"),
         Binding("ctrl+l", "clear", "Clear", id="chat.clear"),
@@ -116,7 +117,7 @@ class ChatScreen(ValignScreen):
                 if llm is not None and hasattr(llm, "close"):
                     try:
                         llm.close()
-                    except Exception:  # noqa: BLE001 - closing is best effort
+                    except Exception:  # noqa: BLE001, S110 - closing is best effort
                         pass
             self.sessions.clear()
 
@@ -188,7 +189,7 @@ class ChatScreen(ValignScreen):
 
     def on_chat_finished(self, message: ChatFinished) -> None:
         self.busy = False
-        for pane, (widget, text) in self._answers.items():
+        for widget, text in self._answers.values():
             if not text:
                 widget.update(Text("(no answer)", style="dim"))
         self._answers = {}

@@ -6,10 +6,12 @@ Decisions go through ``generate.add_edit`` and ``generate.rebuild_splits``: they
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from rich.text import Text
 from textual import on
 from textual.app import ComposeResult
-from textual.binding import Binding
+from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, VerticalScroll
 from textual.widgets import DataTable, Select, Static
 
@@ -28,7 +30,7 @@ def _short(text: str, width: int) -> str:
 class DataScreen(ValignScreen):
     SCREEN_NAME = "data"
     AUTO_FOCUS = "#records"
-    BINDINGS = [
+    BINDINGS: ClassVar[list[BindingType]] = [
         Binding("r", "reject", "Reject", id="data.reject"),
         Binding("u", "restore", "Restore", id="data.restore"),
         Binding("e", "edit", "Edit", id="data.edit"),

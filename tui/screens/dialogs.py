@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
+from typing import ClassVar
 
 from textual import on
 from textual.app import ComposeResult
-from textual.binding import Binding
+from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Button, DirectoryTree, Input, Label, Static, TextArea
@@ -39,7 +40,7 @@ class DocumentTree(DirectoryTree):
 class PathPicker(ModalScreen[Path | None]):
     """Pick a document (``folders=False``) or a run folder (``folders=True``)."""
 
-    BINDINGS = [Binding("escape", "cancel", "Cancel", id="picker.cancel")]
+    BINDINGS: ClassVar[list[BindingType]] = [Binding("escape", "cancel", "Cancel", id="picker.cancel")]
 
     def __init__(self, title: str, folders: bool, start: Path | None = None):
         super().__init__()
@@ -93,7 +94,7 @@ class PathPicker(ModalScreen[Path | None]):
 class EditRecord(ModalScreen[str | None]):
     """Rewrite one field of a record (an SFT answer or a DPO chosen answer)."""
 
-    BINDINGS = [
+    BINDINGS: ClassVar[list[BindingType]] = [
         Binding("ctrl+s", "save", "Save", id="edit.save"),
         Binding("escape", "cancel", "Cancel", id="edit.cancel"),
     ]

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from rich.text import Text
 from textual import on
 from textual.app import ComposeResult
-from textual.binding import Binding
+from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, VerticalScroll
 from textual.widgets import Button, DataTable, ProgressBar, Static
 
@@ -27,7 +29,7 @@ def _cell(value) -> Text:
 class EvalScreen(ValignScreen):
     SCREEN_NAME = "eval"
     AUTO_FOCUS = "#eval-run"
-    BINDINGS = [
+    BINDINGS: ClassVar[list[BindingType]] = [
         Binding("e", "run_eval", "Run evaluation", id="eval.run"),
     ]
 
@@ -80,13 +82,15 @@ class EvalScreen(ValignScreen):
         if self.report is None:
             return
         charts = []
+        labels = self.report.get("column_labels") or {}
         for column in self.report.get("columns", []):
             bars = []
             for row in self.report.get("table", []):
                 value = row.get(column)
                 bars.append((str(row.get("system", "")),
                              float(value) if isinstance(value, (int, float)) else None))
-            charts.append(BarChart(str(column), bars, classes="metric-chart"))
+            title = str(labels.get(column, column))
+            charts.append(BarChart(title, bars, classes="metric-chart"))
         box.mount_all(charts)
 
     def _draw_status(self) -> None:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from rich.text import Text
 from textual import on
 from textual.app import ComposeResult
-from textual.binding import Binding
+from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical
 from textual.widgets import Button, ProgressBar, RichLog, Static
 
@@ -20,7 +22,7 @@ from .base import ValignScreen
 class PipelineScreen(ValignScreen):
     SCREEN_NAME = "pipeline"
     AUTO_FOCUS = "#log"
-    BINDINGS = [
+    BINDINGS: ClassVar[list[BindingType]] = [
         Binding("s", "start", "Start/resume", id="pipeline.start"),
         Binding("c", "cancel", "Cancel", id="pipeline.cancel"),
     ]

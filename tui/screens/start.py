@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
-from textual.binding import Binding
+from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.widgets import Button, Input, Label, Select, Static
 
@@ -39,7 +39,7 @@ def _get(cfg, key: str) -> Any:
 class StartScreen(ValignScreen):
     SCREEN_NAME = "start"
     AUTO_FOCUS = "#start-run"  # not a field, so the number keys switch screens
-    BINDINGS = [
+    BINDINGS: ClassVar[list[BindingType]] = [
         Binding("ctrl+o", "browse", "Browse", id="start.browse"),
         Binding("ctrl+s", "start_run", "Start run", id="start.run"),
         Binding("ctrl+r", "open_run", "Open run", id="start.open"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 from rich.text import Text
@@ -46,7 +47,7 @@ def braille_plot(points: list[tuple[float, float]], width: int, height: int,
     pixels = [to_px(x, y) for x, y in points]
     if len(pixels) == 1:
         dot(*pixels[0])
-    for (ax, ay), (bx, by) in zip(pixels, pixels[1:]):
+    for (ax, ay), (bx, by) in itertools.pairwise(pixels):
         steps = max(abs(bx - ax), abs(by - ay), 1)
         for i in range(steps + 1):
             dot(round(ax + (bx - ax) * i / steps), round(ay + (by - ay) * i / steps))

@@ -18,7 +18,7 @@ MARKS = {
     "cancelled": ("■", "yellow"),
     "failed": ("✘", "bold bright_red"),
 }
-WORDS = {"partial": "interrupted", "stale": "out of date", "skipped": "up to date"}
+WORDS = {"partial": "stopped", "stale": "outdated", "skipped": "up to date"}
 
 
 class StageList(Static):
@@ -32,8 +32,9 @@ class StageList(Static):
         for stage, view in state.stages.items():
             mark, style = MARKS.get(view.status, ("?", ""))
             word = WORDS.get(view.status, view.status)
-            if view.status == "done" and view.wall_s is not None:
-                word = f"done {view.wall_s:.0f}s" if view.wall_s >= 1 else "done"
+            if view.status == "done" and view.wall_s is not None:  # the mark says done; show how long
+                seconds = round(view.wall_s)
+                word = f"{seconds}s" if seconds < 60 else f"{seconds // 60}m{seconds % 60:02d}s"
             elif view.status == "running" and view.total:
                 word = f"{100 * (view.done or 0) / view.total:.0f}%"
             table.add_row(Text(mark, style=style), Text(STAGE_TITLES[stage]), Text(word, style=style))
