@@ -143,6 +143,15 @@ class MLXTrainer:
         else:
             self.dtype, self.precision = None, "checkpoint dtype"
 
+    def describe(self) -> str:
+        """What runs the training, for the log: device, precision and (on a CPU) the BLAS."""
+        text = f"mlx on {self.device}, {self.precision}"
+        if self.blas.get("blas") == "openblas":
+            text += f", OpenBLAS ({self.blas.get('core') or '?'}, {self.blas.get('threads')} threads)"
+        elif self.blas.get("blas") == "reference":
+            text += f", reference BLAS: about 20x slower ({self.blas.get('reason')})"
+        return text
+
     # --- loading -----------------------------------------------------------------
     def base_dir(self, emit: Callback) -> Path:
         from ..models import resolve
@@ -404,8 +413,7 @@ class MLXTrainer:
         batches = batching.step_batches(lengths, tc.batch_tokens, self.cfg.seed, total)
         key = hash_obj([rows, vars(tc), str(base), self.cfg.seed, "mlx"])
         model, config = self.lora_model(base, seed=self.cfg.seed)
-        log(emit, "train_sft", f"{len(examples)} examples, {total} steps, LoRA r={tc.lora_rank}, "
-                               f"mlx {self.device} {self.precision}, BLAS {self.blas.get('blas')}")
+        log(emit, "train_sft", f"{len(examples)} examples, {total} steps, LoRA r={tc.lora_rank}, {self.describe()}")
         pad_id = tok.pad_token_id
 
         def make_batch(batch: list[int]):
@@ -470,7 +478,7 @@ class MLXTrainer:
 
         ref = self._reference_logps(model, pairs, arrays, reply_logps, out, key, emit)
         log(emit, "train_dpo", f"{len(pairs)} pairs, {total} steps, beta={tc.dpo_beta}, reference log-probs "
-                               f"precomputed (no second model)")
+                               f"precomputed (no second model), {self.describe()}")
         beta = tc.dpo_beta
 
         def make_batch(batch: list[int]):

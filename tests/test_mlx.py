@@ -192,6 +192,35 @@ def test_dpo_continues_sft_with_precomputed_reference(trained):
     assert any(e.stage == "dpo_reference" for e in events["dpo"])
 
 
+def test_dpo_reference_log_probs_are_the_ones_torch_computes(trained, tiny_model):
+    """The same pairs, sequences and reply positions as the torch backend: torch + PEFT over the
+    SFT adapter's PEFT copy give MLX's precomputed reference log-probs."""
+    import mlx.core as mx
+    import numpy as np
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from valign_edge import batching, datasets
+    from valign_edge.backends.torch_trainer import TorchTrainer
+
+    run, cfg, trainer, *_ = trained
+    ours = np.array(mx.load(str(run.adapter_dir("dpo") / "reference_logps.safetensors"))["logps"])
+    tok = trainer.load_tokenizer(tiny_model)
+    pairs = batching.encode_dpo(tok, datasets.load(run, "dpo", "train"), cfg.train.max_seq_len)
+    torch_trainer = TorchTrainer(cfg, "cpu")
+    torch_trainer.autocast_dtype = None  # fp32, as MLX on a CPU
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(str(tiny_model), dtype=torch.float32),
+                                      str(run.adapter_dir("sft") / "peft")).eval()
+    seqs = [p.prompt + reply for p in pairs for reply in (p.chosen, p.rejected)]
+    starts = [len(p.prompt) for p in pairs for _ in range(2)]
+    ids, mask = torch_trainer._pad(seqs, tok.pad_token_id)
+    with torch.no_grad():
+        theirs, _ = torch_trainer._token_logps(model, ids, mask, starts, [len(s) for s in seqs])
+    assert ours.shape == (len(pairs), 2)
+    assert np.abs(ours.reshape(-1) - theirs.numpy()).max() < 2e-3
+
+
 def test_cancel_then_resume_gives_the_uninterrupted_adapter(tmp_path, tiny_model):
     import mlx.core as mx
     import numpy as np
