@@ -373,19 +373,26 @@ def test_start_screen_previews_and_reports_bad_input(in_sample, tmp_path):
     run_async(go())
 
 
-def test_start_screen_fills_the_form_from_an_opened_run(in_sample):
+def test_start_screen_fills_the_form_from_an_opened_run(sample_copy):
     from textual.widgets import Input, Select
+
+    from valign_edge import config
+
+    cfg = config.resolve(saved=sample_copy / "config.toml", overrides={"train.max_steps": 7})
+    (sample_copy / "config.toml").write_text(config.to_toml(cfg))
 
     async def go():
         app = create_app(Path("demo-run"))
         async with app.run_test(size=SIZE) as pilot:
             await pilot.press("1")
-            await pilot.pause()
+            await pilot.pause(0.5)
             screen = app.screen
             assert screen.query_one("#run-path", Input).value == "demo-run"
             assert screen.query_one("#doc-path", Input).value == "demo-run/document.txt"
             assert screen.query_one("#preset", Select).value == "quick"
             assert screen.query_one("#set-generate-max-chunks", Input).value == "6"
+            assert screen.query_one("#set-train-max-steps", Input).value == "7"  # the run's, not the preset's
+            assert screen.overrides()["train.max_steps"] == "7"
 
     run_async(go())
 
@@ -565,6 +572,7 @@ def test_snapshot_chat(in_sample, snap_compare):
     async def before(pilot):
         await pilot.press("5")
         await pilot.press("ctrl+t")
+        await pilot.press("escape")  # leave the question field: a blinking cursor makes snapshots flaky
         await _settle(pilot)
 
     assert snap_compare(create_app(Path("demo-run")), terminal_size=SIZE, run_before=before)

@@ -101,9 +101,6 @@ class ValignApp(App):
     def on_resize(self) -> None:
         self.set_class(self.size.width < 96, "-narrow")
 
-    def screen_named(self, name: str) -> Screen:
-        return self._screens[name]
-
     def action_goto(self, name: str) -> None:
         if name in self._screens and self.screen is not self._screens[name]:
             if isinstance(self.screen, Screen) and self.screen in self._screens.values():
@@ -291,6 +288,8 @@ class ValignApp(App):
             if not isinstance(exc, UserError):
                 self._log_traceback(exc)
         finally:
+            if status != "done":  # keep the outcome in the run's event log for the next session
+                sink(Event("log", name, f"{status}: {message}"))
             sink.close()
             self.job_thread_busy.clear()
         self.post_message(JobDone(name, status, message, result))
@@ -352,30 +351,32 @@ def native_output_to(log_path: Path) -> Iterator[None]:
     log_path.parent.mkdir(parents=True, exist_ok=True)
     sys.stdout.flush()
     sys.stderr.flush()
-    terminal = os.fdopen(os.dup(2), "w", encoding=sys.stderr.encoding or "utf-8", errors="replace",
-                         buffering=1)
+    encoding = sys.stderr.encoding or "utf-8"
+    # Textual writes to sys.__stderr__ and sizes the screen from sys.__stdout__ (shutil).
+    terminal = [os.fdopen(os.dup(fd), "w", encoding=encoding, errors="replace", buffering=1) for fd in (1, 2)]
     saved = [os.dup(1), os.dup(2)]
     log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    original = sys.__stderr__
-    sys.__stderr__ = terminal
+    original = (sys.__stdout__, sys.__stderr__)
+    sys.__stdout__, sys.__stderr__ = terminal
     os.dup2(log_fd, 1)
     os.dup2(log_fd, 2)
     try:
         yield
     finally:
-        sys.__stderr__ = original
+        sys.__stdout__, sys.__stderr__ = original
         os.dup2(saved[0], 1)
         os.dup2(saved[1], 2)
         for fd in (*saved, log_fd):
             os.close(fd)
-        terminal.close()
+        for handle in terminal:
+            handle.close()
 
 
 def run_app(run_dir: Path | None = None) -> None:
     from valign_edge.models import CACHE_DIR
 
     app = create_app(run_dir)
-    if sys.stderr.isatty():
+    if sys.stdout.isatty() and sys.stderr.isatty():
         with native_output_to(CACHE_DIR / "tui-native.log"):
             app.run()
     else:

@@ -111,7 +111,12 @@ class ChatScreen(ValignScreen):
             return self.sessions[key]
 
     def close_sessions(self) -> None:
+        """Free the loaded models; while an answer streams, only drop them (closing would pull the
+        model out from under the worker thread)."""
         with self._sessions_lock:
+            if self.busy:
+                self.sessions.clear()
+                return
             for session in self.sessions.values():
                 llm = getattr(session, "llm", None)
                 if llm is not None and hasattr(llm, "close"):

@@ -51,7 +51,7 @@ class StartScreen(ValignScreen):
         self._auto_run_path = ""
         self._preview_timer = None
         self._models: list[dict] = []
-        self._pending_cfg = None  # settings of an opened run, applied after its preset's change event
+        self._shown_preset = ""  # the preset whose values the settings fields were filled from
 
     # --- layout -----------------------------------------------------------------------------------------
     def body(self) -> ComposeResult:
@@ -200,15 +200,14 @@ class StartScreen(ValignScreen):
     # --- preset and settings ------------------------------------------------------------------------
     @on(Select.Changed, "#preset")
     def _preset_changed(self, event: Select.Changed) -> None:
-        if self._pending_cfg is not None:
-            self._fill_settings(self._pending_cfg)
-            self._pending_cfg = None
-        else:
-            self._apply_preset(str(event.value))
+        if event.value == self._shown_preset:
+            return  # the select announcing the value it was given
+        self._apply_preset(str(event.value))
 
     def _apply_preset(self, preset: str) -> None:
         from valign_edge.config import resolve
 
+        self._shown_preset = preset
         cfg = resolve(preset=preset)
         for key, _ in SETTINGS:
             self.query_one("#" + _field_id(key), Input).value = f"{_get(cfg, key):g}"
@@ -273,7 +272,7 @@ class StartScreen(ValignScreen):
         for chunk in chunks[:PREVIEW_CHUNKS]:
             body.append(f"{chunk.id.split('-')[0]} ", style="dim")
             body.append((chunk.heading or "(no heading)") + "\n", style="bold")
-            lines = chunk.text.splitlines()
+            lines = [line for line in chunk.text.splitlines() if not line.lstrip().startswith("#")]
             if lines and chunk.heading and chunk.heading in lines[0]:
                 lines = lines[1:]  # the heading is shown above
             snippet = " ".join(" ".join(lines).split())
@@ -349,12 +348,12 @@ class StartScreen(ValignScreen):
         self.query_one("#backend", Select).value = cfg.train.backend
         preset = self.query_one("#preset", Select)
         if cfg.preset != preset.value and cfg.preset in ("quick", "default"):
-            self._pending_cfg = cfg
             preset.value = cfg.preset
         self.query_one("#quant", Select).value = cfg.export.quant
         self.query_one("#seed", Input).value = str(cfg.seed)
         self._fill_settings(cfg)
 
     def _fill_settings(self, cfg) -> None:
+        self._shown_preset = cfg.preset
         for key, _ in SETTINGS:
             self.query_one("#" + _field_id(key), Input).value = f"{_get(cfg, key):g}"
