@@ -373,6 +373,38 @@ def test_start_screen_previews_and_reports_bad_input(in_sample, tmp_path):
     run_async(go())
 
 
+def test_file_picker_chooses_a_document_and_a_run_folder(in_sample):
+    from textual.widgets import Input
+    from valign_edge.tui.screens.dialogs import PathPicker
+
+    async def go():
+        app = create_app()
+        async with app.run_test(size=SIZE) as pilot:
+            await pilot.pause()
+            await pilot.press("ctrl+o")
+            await pilot.pause()
+            assert isinstance(app.screen, PathPicker)
+            app.screen.query_one("#picker-path", Input).value = "code_of_conduct.md"
+            await pilot.click("#picker-choose")
+            await pilot.pause()
+            assert app.screen.query_one("#doc-path", Input).value.endswith("code_of_conduct.md")
+            await pilot.press("ctrl+r")  # no run folder typed: the folder picker opens
+            await pilot.pause()
+            picker = app.screen
+            assert isinstance(picker, PathPicker) and picker.folders
+            picker.query_one("#picker-path", Input).value = "."
+            await pilot.click("#picker-choose")
+            await pilot.pause()
+            assert "not a valign run folder" in str(picker.query_one("#picker-error").render())
+            picker.query_one("#picker-path", Input).value = "demo-run"
+            picker.query_one("#picker-path", Input).focus()
+            await pilot.press("enter")
+            await wait_for(pilot, lambda: type(app.screen).__name__ == "PipelineScreen", 10, "the opened run")
+            assert app.active_run is not None and app.active_run.root.name == "demo-run"
+
+    run_async(go())
+
+
 def test_start_screen_fills_the_form_from_an_opened_run(sample_copy):
     from textual.widgets import Input, Select
 
