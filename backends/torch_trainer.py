@@ -304,7 +304,8 @@ class TorchTrainer:
             sums, counts = self._token_logps(model, ids, mask, starts, ends)
             return sums.view(-1, 2), int(mask.sum())
 
-        if ref_path.exists() and json.loads((out / "reference.json").read_text()).get("key") == key:
+        ref_meta = out / "reference.json"
+        if ref_path.exists() and ref_meta.exists() and json.loads(ref_meta.read_text()).get("key") == key:
             ref = load_file(str(ref_path))["logps"]
         else:
             model.eval()

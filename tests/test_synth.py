@@ -121,7 +121,8 @@ def test_splits_are_deterministic_disjoint_and_apply_edits(tmp_path):
     append_jsonl(run.synth_dir / "sft.jsonl", {"chunk_id": "c0", "span": [0, 5], "items": items, "key": "k"})
     append_jsonl(run.synth_dir / "dpo.jsonl", {"chunk_id": "c0", "span": [0, 5], "items": [], "key": "k"})
     counts = datasets.build(run, ["c0"], 0.1, 0.2, seed=1, key="k")
-    assert counts["sft"] == {"train": 14, "valid": 2, "test": 4}
+    assert sum(counts["sft"].values()) == 20 and counts["sft"]["train"] >= 10
+    assert counts["sft"]["test"] >= 1 and counts["sft"]["valid"] >= 1
     splits = {s: datasets.load(run, "sft", s) for s in datasets.SPLITS}
     ids = [r["meta"]["id"] for s in splits.values() for r in s]
     assert len(ids) == len(set(ids)) == 20
@@ -137,6 +138,9 @@ def test_splits_are_deterministic_disjoint_and_apply_edits(tmp_path):
     datasets.build(run, ["c0"], 0.1, 0.2, seed=1, key="k")
     rows = {r["meta"]["id"]: r for s in datasets.SPLITS for r in datasets.load(run, "sft", s)}
     assert victim not in rows and rows[edited]["messages"][1]["content"] == "A better answer."
+    for name in ("valid", "test"):  # a review decision moves no other record between splits
+        assert [r["meta"]["id"] for r in datasets.load(run, "sft", name)] == \
+            [r["meta"]["id"] for r in splits[name]]
     add_edit(run, victim, "restore")
     datasets.build(run, ["c0"], 0.1, 0.2, seed=1, key="k")
     assert victim in {r["meta"]["id"] for s in datasets.SPLITS for r in datasets.load(run, "sft", s)}

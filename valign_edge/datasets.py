@@ -7,7 +7,6 @@ a document the model has studied (the paper's setting). User edits from the data
 
 from __future__ import annotations
 
-import random
 from typing import Any
 
 from .workspace import Run, hash_obj, read_jsonl, write_jsonl
@@ -72,14 +71,22 @@ def apply_edits(rows: list[dict], edits: list[dict]) -> list[dict]:
 
 
 def split(rows: list[dict], valid_fraction: float, test_fraction: float, seed: int) -> dict[str, list[dict]]:
-    rows = sorted(rows, key=lambda r: r["meta"]["id"])
-    random.Random(seed).shuffle(rows)
-    n = len(rows)
-    n_test = round(n * test_fraction) if n >= 3 else 0
-    n_valid = round(n * valid_fraction) if n >= 3 else 0
-    if n >= 5:  # keep every split usable once there is data to spare
-        n_test, n_valid = max(n_test, 1), max(n_valid, 1)
-    return {"test": rows[:n_test], "valid": rows[n_test:n_test + n_valid], "train": rows[n_test + n_valid:]}
+    """Assign each row to a split by a seeded hash of its id, so rejecting or editing one record
+    never moves the others between train, valid and test."""
+    def position(row: dict) -> float:
+        return int(hash_obj([seed, row["meta"]["id"]]), 16) / 16**16
+
+    ranked = sorted(rows, key=position)
+    parts: dict[str, list[dict]] = {"test": [], "valid": [], "train": []}
+    for row in ranked:
+        p = position(row)
+        name = "test" if p < test_fraction else "valid" if p < test_fraction + valid_fraction else "train"
+        parts[name].append(row)
+    if len(rows) >= 5:  # keep every split usable once there is data to spare
+        for name in ("test", "valid"):
+            if not parts[name] and len(parts["train"]) > 1:
+                parts[name].append(parts["train"].pop(0))
+    return parts
 
 
 def build(run: Run, chunk_ids: list[str], valid_fraction: float, test_fraction: float, seed: int,
