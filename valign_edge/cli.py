@@ -51,9 +51,33 @@ def _emitter(run=None, quiet: bool = False):
     from .events import JsonlSink, fanout
 
     sink = ConsoleSink(quiet=quiet)
-    if run is not None:
-        return fanout(sink, JsonlSink(run.events_path)), sink
-    return sink, sink
+    emit = fanout(sink, JsonlSink(run.events_path)) if run is not None else sink
+
+    def checked(event) -> None:
+        # A Ctrl-C whose KeyboardInterrupt was swallowed (see _sticky_sigint) stops the stage here.
+        if _INTERRUPTED:
+            raise KeyboardInterrupt
+        emit(event)
+
+    return checked, sink
+
+
+_INTERRUPTED = False
+
+
+def _sticky_sigint() -> None:
+    """Ctrl-C raises KeyboardInterrupt and is remembered. llama.cpp logs through a ctypes callback
+    while it loads a model, and ctypes swallows exceptions raised in callbacks: a Ctrl-C that lands
+    there was lost and the stage ran to the end. The next progress event raises it again."""
+    import signal
+
+    def on_sigint(signum, frame):
+        global _INTERRUPTED
+        _INTERRUPTED = True
+        raise KeyboardInterrupt
+
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        signal.signal(signal.SIGINT, on_sigint)
 
 
 def _open_run(path: Path, create: bool):
@@ -289,6 +313,8 @@ def main(argv: list[str] | None = None) -> int:
     private_umask()
     if args.verb is None:
         args.func = cmd_tui
+    if args.func is not cmd_tui:
+        _sticky_sigint()
     try:
         return args.func(args)
     except UserError as exc:
