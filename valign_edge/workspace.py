@@ -229,9 +229,17 @@ class Run:
                 raise UserError(f"another valign process is working on {self.root}; wait for it or stop it") from None
             os.ftruncate(fd, 0)
             os.write(fd, str(os.getpid()).encode())
+            self._remove_stale_temp_files()
             yield
         finally:
             os.close(fd)
+
+    def _remove_stale_temp_files(self) -> None:
+        """Temp files of writes a killed process never renamed into place (we hold the lock: none is live)."""
+        for path in [*self.root.rglob(".*.tmp"), *self.export_dir.glob("*.tmp")]:
+            if path.is_file():
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
 
     # --- manifest -----------------------------------------------------------------
     def manifest(self) -> dict:
