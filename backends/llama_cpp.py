@@ -100,10 +100,27 @@ def load_llama(path: str | Path, *, n_ctx: int = 2048, n_threads: int = 0, n_thr
         kwargs["lora_path"] = str(lora_path)
     try:
         with quiet_native():
-            return Llama(**kwargs)
+            llm = Llama(**kwargs)
     except (ValueError, RuntimeError, OSError) as exc:
         raise UserError(f"llama.cpp cannot load {path.name}: {str(exc).splitlines()[0]} "
                         "(truncated file or unsupported architecture?)") from None
+    check_chat_template(llm.metadata.get("tokenizer.chat_template"), path)
+    return llm
+
+
+def check_chat_template(template: str | None, path: Path) -> None:
+    """Render the GGUF's chat template once, in the same Jinja sandbox llama-cpp-python uses for every
+    chat call, so a template that tries to escape it (or is broken) is refused in one line at load time."""
+    if not template:
+        return
+    from jinja2 import TemplateError
+    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+    try:
+        Jinja2ChatFormatter(template=template, eos_token="", bos_token="")(messages=[{"role": "user", "content": "hi"}])
+    except TemplateError as exc:
+        raise UserError(f"{path.name}: its chat template was refused ({type(exc).__name__}: "
+                        f"{str(exc).splitlines()[0] if str(exc) else 'cannot render'})") from None
 
 
 @lru_cache(maxsize=32)
