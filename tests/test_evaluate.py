@@ -259,3 +259,43 @@ def test_eval_end_to_end_real_model(quick_real_run):
     shutil.copytree(run, other)
     proc = valign("eval", "--compare", run, other, timeout=300)
     assert proc.returncode == 0 and "| system | run | copy | difference |" in proc.stdout
+
+
+@pytest.mark.slow
+def test_eval_on_another_document(quick_real_run, tmp_path):
+    """--doc DOC: a test set generated from another document (cached), here for two systems."""
+    doc = tmp_path / "library.md"
+    doc.write_text("# Library rules\n\n## Quiet\nVisitors must keep quiet in the reading room and must never "
+                   "disturb other readers. Phones must be silent.\n\n## Books\nEveryone has the right to borrow "
+                   "five books. Borrowers must return books within three weeks and must not write in them.\n",
+                   encoding="utf-8")
+    flags = ["--doc", doc, "--set", "eval.systems=vanilla,dpo", "--set", "eval.max_questions=2",
+             "--set", "eval.judge_pairs=1", "--set", "eval.bootstrap=100", "--set", "generate.n_threads=1"]
+    proc = valign("eval", quick_real_run, *flags, timeout=1800)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads((quick_real_run / "eval" / "report.json").read_text())
+    assert report["systems"] == ["vanilla", "dpo"]
+    assert report["test_set"]["kind"] == "document" and report["test_set"]["path"] == str(doc)
+    cache = Path(report["test_set"]["cache"])
+    assert (cache / "data" / "sft" / "test.jsonl").exists() and cache.is_relative_to(quick_real_run / "eval")
+
+
+def test_run_test_set_splits(tmp_path):
+    from valign_edge.evaluate import load_test_set
+
+    run = Run.open(tmp_path / "run")
+    for split, n in (("test", 2), ("valid", 1), ("train", 5)):
+        write_jsonl(run.split_path("sft", split), [_sft(f"{split} question {i}?", "Answer.", f"{split}{i}")
+                                                   for i in range(n)])
+        write_jsonl(run.split_path("dpo", split), [_dpo(f"{split} situation {i}?", "Good.", "Bad.", f"{split}{i}")
+                                                   for i in range(n)])
+    cfg = RunConfig()
+    tests = load_test_set(run, cfg, null_callback)
+    assert len(tests.questions) == 4 and len(tests.pairs) == 2
+    assert all(q["question"].startswith("test") for q in tests.questions)
+    cfg.eval.splits = "test,valid"
+    tests = load_test_set(run, cfg, null_callback)
+    assert len(tests.questions) == 6 and len(tests.pairs) == 3 and tests.source["splits"] == ["test", "valid"]
+    cfg.eval.splits = "test,train"
+    with pytest.raises(UserError, match="eval.splits"):
+        load_test_set(run, cfg, null_callback)

@@ -81,6 +81,7 @@ class EvalConfig:
                                     "orders) or verdict (the judge's likeliest reply per order)")
     judge_tie_margin: float = opt(0.1, "logits judge: debiased margins (nats) below this are ties")
     systems: str = opt("vanilla,rag,sft,dpo,dpo_rag", "systems to compare (comma-separated; dpo is always in)")
+    splits: str = opt("test", "held-out splits to evaluate on: test, or test,valid (training never reads valid)")
     ref_judge_margin: float = opt(0.01, "reference judge: closeness differences below this are ties")
     bootstrap: int = opt(1000, "bootstrap resamples for the metric intervals")
     n_threads: int = opt(0, "llama.cpp decode threads for answers and the judge (0: auto, 1 on a busy machine)")

@@ -132,8 +132,13 @@ def load_test_set(run: Run, cfg: RunConfig, emit: Callback, doc: Path | None = N
     the teacher and cached), a JSONL file of SFT and/or DPO rows, or another run folder."""
     chunks = read_jsonl(run.chunks_path)
     if doc is None:
-        sft, dpo = read_jsonl(run.split_path("sft", "test")), read_jsonl(run.split_path("dpo", "test"))
-        source = {"kind": "run", "path": str(run.root)}
+        splits = [s.strip() for s in cfg.eval.splits.split(",") if s.strip()] or ["test"]
+        if any(s not in ("test", "valid") for s in splits):
+            raise UserError(f"config eval.splits: {cfg.eval.splits!r} may name only test and valid (train is "
+                            "what the models learned from)")
+        sft = [r for s in splits for r in read_jsonl(run.split_path("sft", s))]
+        dpo = [r for s in splits for r in read_jsonl(run.split_path("dpo", s))]
+        source = {"kind": "run", "path": str(run.root), "splits": splits}
     else:
         doc = Path(doc).expanduser()
         if not doc.exists():
@@ -512,9 +517,10 @@ def render_markdown(report: dict) -> str:
     labels = report.get("column_labels", {})
     lines = [f"# Evaluation: {report['run']}", ""]
     ts = report.get("test_set", {})
+    splits = f" ({'+'.join(ts['splits'])} split)" if ts.get("splits") else ""
     lines.append(f"Test set: {ts.get('questions')} held-out questions ({ts.get('sft_questions')} SFT questions, "
                  f"{ts.get('dpo_questions')} DPO prompts; reference = the grounded answer) and {ts.get('pairs')} "
-                 f"preference pairs, from {ts.get('kind')} `{ts.get('path')}`.")
+                 f"preference pairs, from {ts.get('kind')} `{ts.get('path')}`{splits}.")
     dec = report.get("decoding", {})
     lines.append(f"Every system answers through {dec.get('runtime', 'llama.cpp')}, greedy, repeat penalty "
                  f"{dec.get('repeat_penalty')}, at most {dec.get('max_tokens')} tokens; RAG retrieves "
