@@ -42,19 +42,12 @@ def choice_grammar(options: list[str]) -> str:
 
 
 def default_threads() -> tuple[int, int]:
-    """(decode, prompt) threads.
+    """(decode, prompt) threads: decode on every core only when they are free (valign_edge.cpu);
+    prompt evaluation runs large batches and always uses them (2 idle cores: 58.6 tok/s decode
+    with 2 threads, 37.7 with 1)."""
+    from ..cpu import compute_threads, cores
 
-    On an idle machine decoding on every core is fastest (2 idle cores: 58.6 tok/s with 2
-    threads, 37.7 with 1), but llama.cpp's threads spin while waiting, and when the other
-    cores are busy 2 spinning threads collapse to a few tok/s. So decode on all cores only
-    when the load leaves them free; prompt evaluation (large batches) always uses them.
-    """
-    cores = min(os.cpu_count() or 1, 8)
-    try:
-        busy = os.getloadavg()[0] > max(0.75, cores - 1.25)
-    except OSError:
-        busy = False
-    return (1 if busy else cores), cores
+    return compute_threads(), cores()
 
 
 @contextlib.contextmanager

@@ -47,7 +47,9 @@ class TorchTrainer:
         self.cfg, self.device = cfg, device
         tc = cfg.train
         if device == "cpu":
-            torch.set_num_threads(tc.threads or os.cpu_count() or 1)
+            from ..cpu import compute_threads
+
+            torch.set_num_threads(tc.threads or compute_threads())
         if tc.precision == "bf16" or (tc.precision == "auto" and (
                 (device == "cpu" and cpu_has_amx()) or (device == "cuda" and torch.cuda.is_bf16_supported()))):
             self.autocast_dtype = torch.bfloat16

@@ -60,7 +60,7 @@ class TrainConfig:
     warmup_steps: int = opt(5, "linear warm-up steps")
     precision: str = opt("auto", "auto, fp32 or bf16 (bf16 autocast where the hardware is fast at it)")
     checkpoint_every: int = opt(25, "steps between resumable checkpoints")
-    threads: int = opt(0, "CPU threads for training (0: all cores)")
+    threads: int = opt(0, "CPU threads for training (0: all cores, or 1 while the machine is busy)")
 
 
 @dataclass
