@@ -8,7 +8,7 @@ from .backends import choose_backend, load_trainer
 from .config import RunConfig
 from .errors import UserError
 from .events import Callback, Event, log
-from .workspace import Run, available_memory_bytes, hash_file, hash_obj, require_free_disk
+from .workspace import Run, available_memory_bytes, hash_file, hash_obj, read_jsonl, require_free_disk
 
 
 def _data_hash(run: Run, kind: str) -> str:
@@ -68,6 +68,10 @@ def train(run: Run, cfg: RunConfig, emit: Callback, should_stop=lambda: False) -
             check_resources(run, trainer.base_dir(emit), cfg, choice.device)
         emit(Event("stage", stage, f"{method.upper()} with {choice.name} on {choice.device}"))
         with run.stage(stage, key, {"data": sft_data if method == "sft" else dpo_data}) as result:
+            if method == "dpo" and not read_jsonl(run.split_path("dpo", "train")):
+                _sft_as_dpo(run, emit)
+                result.update(skipped="no preference pairs", backend=choice.name)
+                continue
             out = getattr(trainer, method)(run, emit, should_stop)
             result.update({k: v for k, v in out.items() if k != "history"}, backend=choice.name)
     return {"sft": str(run.adapter_dir("sft")), "dpo": str(run.adapter_dir("dpo")), "backend": choice.name,
