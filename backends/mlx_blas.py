@@ -159,7 +159,7 @@ def enable(threads: int = 0) -> dict:
         return _public(_loaded)
     if "mlx.core" in sys.modules:
         maps = Path("/proc/self/maps").read_text() if Path("/proc/self/maps").exists() else ""
-        fast = "openblas" in maps
+        fast = any(str(lib.resolve()) in maps for lib in candidates())  # (numpy's own OpenBLAS does not count)
         _loaded = {"blas": "openblas" if fast else "reference",
                    "reason": "mlx was imported before the BLAS could be chosen" if not fast else "already loaded"}
         return _public(_loaded)
@@ -169,7 +169,8 @@ def enable(threads: int = 0) -> dict:
         if not verdict["ok"]:
             tried.append(f"{lib.name}: {verdict['error']}")
             continue
-        os.environ.setdefault("OPENBLAS_NUM_THREADS", str(threads))
+        # threads are set through the library, not OPENBLAS_NUM_THREADS, which child processes
+        # (and their numpy) would inherit
         t = time.perf_counter()
         try:
             handle = ctypes.CDLL(str(link_dir(lib) / "libopenblas.so.0"), mode=ctypes.RTLD_GLOBAL)
