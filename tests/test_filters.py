@@ -53,3 +53,10 @@ def test_question_shape():
     assert filters.question_ok("What must members do with clinic supplies?")
     assert not filters.question_ok("Supplies.")
     assert not filters.question_ok("What?")
+
+
+def test_answer_candidates_are_verbatim_spans_of_the_chunk():
+    chunk = "Article 9\nNo one shall be subjected to arbitrary arrest. Nor to detention or exile.\n" \
+            "Everyone has the right to a fair hearing by a tribunal."
+    for span in filters.answer_candidates("Can someone be arrested or exiled arbitrarily?", chunk, top=10):
+        assert span in chunk

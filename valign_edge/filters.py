@@ -116,22 +116,29 @@ def contradicts(chosen: str, rejected: str) -> bool:
         jaccard(content_words(chosen), content_words(rejected)) >= 0.3
 
 
-def sentences(chunk: str) -> list[str]:
-    """The chunk's sentences with at least four words, headings left out."""
-    out = []
+def _line_sentences(chunk: str) -> list[list[str]]:
+    """Sentences of at least four words, grouped by line, headings left out."""
+    lines = []
     for line in chunk.split("\n"):
         if line.lstrip().startswith("#") or (len(line) < 80 and not re.search(r"[.!?;:]$", line.strip())):
             continue
-        for sent in re.split(r"(?<=[.!?;])\s+", line.strip()):
-            if len(words(sent)) >= 4:
-                out.append(sent.strip())
-    return out
+        sents = [s.strip() for s in re.split(r"(?<=[.!?;])\s+", line.strip()) if len(words(s)) >= 4]
+        if sents:
+            lines.append(sents)
+    return lines
+
+
+def sentences(chunk: str) -> list[str]:
+    """The chunk's sentences with at least four words, headings left out."""
+    return [s for line in _line_sentences(chunk) for s in line]
 
 
 def answer_candidates(question: str, chunk: str, top: int = 4, prefer_values: bool = False) -> list[str]:
     """Spans of the chunk (a sentence, or two in a row) most related to ``question``."""
     sents = sentences(chunk)
-    spans = sents + [f"{a} {b}" for a, b in zip(sents, sents[1:]) if len(words(a + b)) <= 60]
+    # Two sentences in a row only within a line, so every span is verbatim text of the chunk.
+    spans = sents + [f"{a} {b}" for line in _line_sentences(chunk) for a, b in zip(line, line[1:])
+                     if len(words(a + b)) <= 60]
     q = content_words(question)
 
     def score(span: str) -> float:
