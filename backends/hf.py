@@ -76,3 +76,23 @@ def chat_template(hf_dir: Path) -> str | None:
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(str(hf_dir)).chat_template
+
+
+def student_dir(cfg, emit: Callback = null_callback) -> Path:
+    """The HF folder of a run's student (``cfg.student``: preset, GGUF or folder)."""
+    from ..models import resolve
+
+    return student_hf_dir(resolve(cfg.student, "student"), emit)
+
+
+def load_tokenizer(path: Path):
+    """The student's tokenizer, with a chat template and a pad token whatever the model shipped."""
+    from transformers import AutoTokenizer
+
+    from ..batching import ensure_chat_template
+
+    tok = AutoTokenizer.from_pretrained(str(path))
+    ensure_chat_template(tok)
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    return tok

@@ -19,7 +19,7 @@ from ..config import RunConfig
 from ..errors import Cancelled, UserError
 from ..events import Callback, Event, Progress, log
 from ..workspace import Run, atomic_write_text, hash_obj, peak_rss_mb
-from .hf import student_hf_dir
+from .hf import load_tokenizer, student_dir
 
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -59,18 +59,10 @@ class TorchTrainer:
 
     # --- loading -----------------------------------------------------------------
     def base_dir(self, emit: Callback) -> Path:
-        from ..models import resolve
-
-        return student_hf_dir(resolve(self.cfg.student, "student"), emit)
+        return student_dir(self.cfg, emit)
 
     def load_tokenizer(self, base: Path):
-        from transformers import AutoTokenizer
-
-        tok = AutoTokenizer.from_pretrained(str(base))
-        batching.ensure_chat_template(tok)
-        if tok.pad_token_id is None:
-            tok.pad_token = tok.eos_token
-        return tok
+        return load_tokenizer(base)
 
     def load_base(self, base: Path):
         import torch
