@@ -595,7 +595,9 @@ def write_plots(report: dict, folder: Path) -> list[Path]:
             continue
         fig, ax = plt.subplots(figsize=(5.5, 3.4), dpi=110)
         colors = ["#d95f02" if n == REFERENCE_SYSTEM else "#7570b3" for n in names]
-        ax.bar(names, values, yerr=[lows, highs], capsize=4, color=colors)
+        labels = [f"dpo vs {n}" if col.startswith("win") else n for n in names]
+        ax.bar(labels, values, yerr=[lows, highs], capsize=4, color=colors)
+        ax.tick_params(axis="x", labelsize=8)
         if col.startswith("win"):
             ax.axhline(0.5, color="grey", linewidth=0.8, linestyle="--")
         ax.set_title(report.get("column_labels", {}).get(col, col), fontsize=10)
