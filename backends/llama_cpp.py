@@ -161,6 +161,10 @@ class LlamaTeacher:
         self.prompt_tokens += usage.get("prompt_tokens", 0)
         return out["choices"][0]["message"]["content"] or ""
 
+    def reset(self) -> None:
+        """Forget the KV cache: the next call computes its whole prompt, as in a fresh process."""
+        self.llm.reset()
+
     def stats(self) -> dict:
         return {"calls": self.calls, "prompt_tokens": self.prompt_tokens,
                 "completion_tokens": self.completion_tokens, "seconds": round(self.seconds, 2)}

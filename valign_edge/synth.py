@@ -201,15 +201,20 @@ def synthesize(run: Run, chunks: list[Chunk], teacher: Teacher, cfg: GenerateCon
     if len(todo) < len(chunks):
         log(emit, "generate", f"resuming: {len(chunks) - len(todo)} of {len(chunks)} chunks already generated")
     records = sum(len(r["items"]) for r in sft_done.values()) + sum(len(r["items"]) for r in dpo_done.values())
+    # Each record is computed from an empty KV cache: with prefix reuse across records, a resumed run
+    # (fresh cache) got slightly different logits and could pick other answers than an uninterrupted one.
+    reset = getattr(teacher, "reset", lambda: None)
     for chunk in todo:
         if should_stop():
             raise Cancelled("generation cancelled")
         if chunk.id not in sft_done:
+            reset()
             rec = synth.sft_for_chunk(chunk) | {"key": key}
             append_jsonl(sft_path, rec)
             sft_done[chunk.id] = rec
             records += len(rec["items"])
         if chunk.id not in dpo_done:
+            reset()
             rec = synth.dpo_for_chunk(chunk) | {"key": key}
             append_jsonl(dpo_path, rec)
             dpo_done[chunk.id] = rec
