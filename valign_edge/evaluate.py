@@ -32,7 +32,8 @@ from .runtime import DECODING, Runtime, auto_threads
 from .workspace import (Run, append_jsonl, atomic_write_text, hash_file, hash_obj, read_jsonl, write_json,
                         write_jsonl)
 
-EVAL_VERSION = 2
+EVAL_VERSION = 2  # in the cache keys of answers: bump when what a system answers would change
+REPORT_VERSION = 2  # in the stage key only: bump when the report changes, cached answers stay valid
 SYSTEMS = ("vanilla", "rag", "sft", "dpo", "dpo_rag")
 REFERENCE_SYSTEM = "dpo"  # the system the win rates are about
 COLUMNS = ("bleu", "bleu_sentence", "rouge_l", "bertscore_f1", "pref_acc", "win_judge", "win_ref")
@@ -222,6 +223,7 @@ def generate_answers(run: Run, systems: list[System], keys: dict, tests: TestSet
               for s in systems}
     todo = {s.name: [q for q in tests.questions if q["id"] not in cached[s.name]] for s in systems}
     total = sum(len(v) for v in todo.values())
+    timings.setdefault("reused", {})["answers"] = len(systems) * len(tests.questions) - total
     emit(Event("stage", "eval", f"answering {len(tests.questions)} questions with {len(systems)} systems"
                                 f" ({total} answers to generate)"))
     progress = Progress(emit, "eval", total, "answers")
@@ -250,6 +252,7 @@ def preference_scores(run: Run, systems: list[System], keys: dict, tests: TestSe
               for s in systems}
     todo = {s.name: [p for p in tests.pairs if p["id"] not in cached[s.name]] for s in systems}
     total = sum(len(v) for v in todo.values())
+    timings.setdefault("reused", {})["pairs"] = len(systems) * len(tests.pairs) - total
     if tests.pairs:
         emit(Event("stage", "eval", f"preference accuracy on {len(tests.pairs)} held-out pairs"))
     progress = Progress(emit, "eval", total, "pairs")
@@ -333,14 +336,14 @@ def judge_answers(run: Run, systems: list[System], answers: dict[str, list[dict]
 
     # Question-major, dpo's answer first in a run of calls: consecutive prompts share the passage,
     # the question and often answer A, which the runtime keeps in its KV cache.
-    jobs = {}
+    needed = {}
     for i in range(n):
         mine = answers[REFERENCE_SYSTEM][i]["answer"]
         theirs = [answers[o][i]["answer"] for o in others if not _same(mine, answers[o][i]["answer"])]
         for a, b in [(mine, t) for t in theirs] + [(t, mine) for t in theirs]:
-            key = key_of(i, a, b)
-            if key not in cache:
-                jobs[key] = (i, a, b)
+            needed[key_of(i, a, b)] = (i, a, b)
+    jobs = {key: job for key, job in needed.items() if key not in cache}
+    timings.setdefault("reused", {})["judgments"] = len(needed) - len(jobs)
     emit(Event("stage", "eval", f"judge {ref.name}: {n} questions x {len(others)} comparisons x 2 orders "
                                 f"({len(jobs)} judgments to make)"))
     stats = {"model": ref.name, "path": str(ref.path), "questions": n, "mode": cfg.eval.judge_mode,
@@ -456,8 +459,12 @@ def build_report(run: Run, cfg: RunConfig, systems: list[System], tests: TestSet
         correct = sum(1.0 if m > 0 else 0.5 if m == 0 else 0.0 for m in scored)
         row["pref_acc"] = correct / len(scored) if scored else None
         ci["pref_acc"] = metrics.wilson(correct, len(scored)) if scored else None
+        summed = [p["chosen_logprob"] - p["rejected_logprob"] for p in prefs[name]
+                  if p.get("chosen_logprob") is not None and p.get("rejected_logprob") is not None]
         preference[name] = {"correct": correct, "n": len(scored), "skipped": len(prefs[name]) - len(scored),
-                            "mean_margin": metrics.mean(scored)}
+                            "mean_margin": metrics.mean(scored), "margins": [round(m, 4) for m in scored],
+                            # without length normalization, for comparison with DPO's own (summed) reward
+                            "accuracy_unnormalized": (sum(m > 0 for m in summed) / len(summed)) if summed else None}
         for col, source in (("win_judge", win_judge), ("win_ref", win_ref)):
             summary = source.get(name)
             row[col] = summary["win_rate"] if summary else None
@@ -565,7 +572,10 @@ def render_markdown(report: dict) -> str:
               f"load average at the end {m.get('load_avg')}.", ""]
     timings = report.get("timings", {})
     if timings.get("total") is not None:
-        lines += [f"Evaluation wall time: {timings['total']:.0f} s.", ""]
+        reused = timings.get("reused") or {}
+        note = (f" (reused from the cache: {reused.get('answers', 0)} answers, {reused.get('pairs', 0)} pair "
+                f"scores, {reused.get('judgments', 0)} judgments)") if any(reused.values()) else ""
+        lines += [f"Evaluation wall time: {timings['total']:.0f} s{note}.", ""]
     for ex in report.get("examples", [])[:2]:
         lines += [f"Example: **{ex['question']}**", "", f"- reference: {ex['reference']}"]
         lines += [f"- {name}: {ex.get(name, '')}" for name in report["systems"]]
@@ -641,7 +651,7 @@ def evaluate(run: Run, cfg: RunConfig, emit: Callback, doc: Path | None = None) 
     judge_ref = judge_model_ref(cfg)
     from .generate import model_id
 
-    key = hash_obj([EVAL_VERSION, keys, hash_obj([tests.questions, tests.pairs]), asdict(cfg.eval),
+    key = hash_obj([REPORT_VERSION, keys, hash_obj([tests.questions, tests.pairs]), asdict(cfg.eval),
                     model_id(judge_ref), cfg.seed])
     report_path = run.eval_dir / "report.json"
     if run.is_done("eval", key) and report_path.exists():
