@@ -33,7 +33,7 @@ from .workspace import (Run, append_jsonl, atomic_write_text, hash_file, hash_ob
                         write_jsonl)
 
 EVAL_VERSION = 2  # in the cache keys of answers: bump when what a system answers would change
-REPORT_VERSION = 2  # in the stage key only: bump when the report changes, cached answers stay valid
+REPORT_VERSION = 3  # in the stage key only: bump when the report changes, cached answers stay valid
 SYSTEMS = ("vanilla", "rag", "sft", "dpo", "dpo_rag")
 REFERENCE_SYSTEM = "dpo"  # the system the win rates are about
 COLUMNS = ("bleu", "bleu_sentence", "rouge_l", "bertscore_f1", "pref_acc", "win_judge", "win_ref")
