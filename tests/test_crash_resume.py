@@ -54,11 +54,24 @@ def read_events(path: Path, offset: int = 0) -> list[dict]:
     return out
 
 
+def ticks_of(events: list[dict], stage: str) -> list[tuple]:
+    """Progress ticks as (event stage, unit, done, occurrence): a stage may count several things in turn
+    (evaluation: answers, then systems, then judgments), so a tick needs more than its count to be unique."""
+    seen: dict[tuple, int] = {}
+    ticks = []
+    for e in events:
+        if e.get("kind") == "progress" and e.get("stage") in STAGE_EVENTS[stage]:
+            key = (e["stage"], e.get("unit", ""), e["done"])
+            ticks.append((*key, seen.get(key, 0)))
+            seen[key] = seen.get(key, 0) + 1
+    return ticks
+
+
 @dataclasses.dataclass
 class Timeline:
-    """The reference run's progress ticks of one stage: (event stage, done) -> seconds until the next tick."""
+    """The reference run's progress ticks of one stage, and the seconds from each to the next."""
 
-    ticks: list[tuple[str, int]]
+    ticks: list[tuple]
     gaps: list[float]
 
     @classmethod
@@ -69,11 +82,7 @@ class Timeline:
             pytest.skip(f"the reference run has no progress events for {stage}")
         end = json.loads((finished.path / "manifest.json").read_text())["stages"][stage]["finished"]
         times = [e["time"] for e in events] + [end]
-        return cls([(e["stage"], e["done"]) for e in events], [max(0.05, b - a) for a, b in zip(times, times[1:])])
-
-
-def tick_of(event: dict) -> tuple[str, int] | None:
-    return (event["stage"], event["done"]) if event.get("kind") == "progress" else None
+        return cls(ticks_of(events, stage), [max(0.05, b - a) for a, b in zip(times, times[1:])])
 
 
 def run_and_kill(command: list, run: Path, stage: str, timeline: Timeline, rng: random.Random, env: dict,
@@ -89,10 +98,10 @@ def run_and_kill(command: list, run: Path, stage: str, timeline: Timeline, rng: 
                             cwd=ROOT, start_new_session=True)
     target = None
     kill_at = None
-    seen: list[tuple[str, int]] = []
+    seen: list[tuple] = []
     deadline = time.time() + 1800
     while proc.poll() is None and time.time() < deadline:
-        seen = [t for t in map(tick_of, read_events(events_path, offset)) if t in timeline.ticks]
+        seen = [t for t in ticks_of(read_events(events_path, offset), stage) if t in timeline.ticks]
         if seen and target is None:
             first = timeline.ticks.index(seen[0])
             target = rng.randrange(first, max(first + 1, len(timeline.ticks) - (1 if before_last_tick else 0)))
