@@ -182,19 +182,30 @@ def test_compare_without_report(tmp_path):
 def test_reply_logprobs_with_prefix_reuse(teacher_gguf):
     from valign_edge.runtime import Runtime
 
-    question = [{"role": "user", "content": "What is the capital of France?"}]
-    other = [{"role": "user", "content": "What is the capital of France? Answer in one word."}]
+    def msgs(answer: str) -> list[dict]:
+        return [{"role": "user", "content": f"Question: What is the capital of France?\n\nAnswer A: {answer}"}]
+
     replies = ["The capital of France is Paris.", "Zebra quantum lettuce sings purple."]
-    fresh = Runtime(teacher_gguf, logits=True, threads=(1, 1))
-    first = fresh.reply_logprobs(question, replies)
-    (good, n_good), (bad, n_bad) = first
+    warm = Runtime(teacher_gguf, logits=True, threads=(1, 1))
+    (good, n_good), (bad, n_bad) = warm.reply_logprobs(msgs("Paris"), replies, split_at="\n\nAnswer A:")
     assert good / n_good > bad / n_bad + 1.0  # per token, the sensible answer is far likelier
     assert n_good >= 8  # the reply's tokens plus the end-of-turn marker
-    fresh.reply_logprobs(other, replies)  # shares a prefix with the next call
-    again = fresh.reply_logprobs(question, replies)
-    assert fresh.reused_tokens > 0
-    for (a, n), (b, m) in zip(first, again):
-        assert n == m and a == pytest.approx(b, abs=1e-3)
+    second = warm.reply_logprobs(msgs("Lyon"), replies, split_at="\n\nAnswer A:")
+    assert warm.reused_tokens > 0  # the shared head stayed in the KV cache
+    again = warm.reply_logprobs(msgs("Paris"), replies, split_at="\n\nAnswer A:")
+    assert again == [(good, n_good), (bad, n_bad)]
+    warm.close()
+    # The same numbers from a cold context: results never depend on what was evaluated before.
+    cold = Runtime(teacher_gguf, logits=True, threads=(1, 1))
+    assert cold.reply_logprobs(msgs("Lyon"), replies, split_at="\n\nAnswer A:") == second
+    assert cold.reused_tokens == 0
+    # Answers too: the same answer after another question as from a fresh model.
+    q1, q2 = [{"role": "user", "content": "Name a colour."}], [{"role": "user", "content": "Name a fruit."}]
+    cold.answer(q1, 12)
+    after = cold.answer(q2, 12)
+    cold.close()
+    fresh = Runtime(teacher_gguf, threads=(1, 1))
+    assert fresh.answer(q2, 12) == after and after[1] > 0
     fresh.close()
 
 

@@ -32,7 +32,7 @@ from .runtime import DECODING, Runtime, auto_threads
 from .workspace import (Run, append_jsonl, atomic_write_text, hash_file, hash_obj, read_jsonl, write_json,
                         write_jsonl)
 
-EVAL_VERSION = 2  # in the cache keys of answers: bump when what a system answers would change
+EVAL_VERSION = 3  # in the cache keys of answers: bump when what a system answers would change
 REPORT_VERSION = 3  # in the stage key only: bump when the report changes, cached answers stay valid
 SYSTEMS = ("vanilla", "rag", "sft", "dpo", "dpo_rag")
 REFERENCE_SYSTEM = "dpo"  # the system the win rates are about
@@ -323,7 +323,8 @@ def judge_answers(run: Run, systems: list[System], answers: dict[str, list[dict]
     ref = judge_model_ref(cfg)
     from .generate import model_id
 
-    judge_id = hash_obj([model_id(ref), judging.judge_messages("{q}", "{p}", "{a}", "{b}"), judging.REPLIES])
+    judge_id = hash_obj([EVAL_VERSION, model_id(ref), judging.judge_messages("{q}", "{p}", "{a}", "{b}"),
+                         judging.REPLIES, judging.ANSWERS_START])
     path = run.eval_dir / "judgments.jsonl"
     cache = {r["key"]: r["logprobs"] for r in read_jsonl(path) if "logprobs" in r}
     others = [s.name for s in systems if s.name != REFERENCE_SYSTEM]

@@ -31,6 +31,7 @@ from .metrics import wilson
 
 VERDICTS = ("A", "B", "tie")
 REPLIES = VERDICTS  # the replies whose log-probabilities the judge model is asked for
+ANSWERS_START = "\n\nAnswer A:"  # where the judge prompts of one question start to differ
 MAX_ANSWER_CHARS = 700
 MAX_PASSAGE_CHARS = 1600
 
@@ -121,7 +122,9 @@ class ModelJudge:
 
     def __call__(self, question: str, passage: str, answer_a: str, answer_b: str) -> dict | None:
         """Log-probabilities of the replies A, B and tie (None when the prompt does not fit)."""
-        scored = self.runtime.reply_logprobs(judge_messages(question, passage, answer_a, answer_b), list(REPLIES))
+        # The passage and question are shared by consecutive judgments: keep them in the KV cache.
+        scored = self.runtime.reply_logprobs(judge_messages(question, passage, answer_a, answer_b), list(REPLIES),
+                                             split_at=ANSWERS_START)
         if any(s is None for s in scored):
             return None
         return {reply: round(s[0], 5) for reply, s in zip(REPLIES, scored)}

@@ -47,9 +47,13 @@ class Runtime:
         self._full_fmt = Jinja2ChatFormatter(template, self.eos, bos, add_generation_prompt=False)
 
     def answer(self, messages: list[dict], max_tokens: int) -> tuple[str, int]:
-        """Greedy answer and its token count, through ``create_chat_completion`` like ``valign chat``."""
+        """Greedy answer and its token count, through ``create_chat_completion`` like ``valign chat``.
+
+        The context starts empty for every answer, so an answer never depends on which questions
+        came before it (a resumed evaluation reproduces an uninterrupted one)."""
         from .backends.llama_cpp import quiet_native
 
+        self.llm.reset()
         with quiet_native():
             out = self.llm.create_chat_completion(messages=messages, max_tokens=max_tokens,
                                                   temperature=DECODING["temperature"], top_k=DECODING["top_k"],
@@ -60,35 +64,42 @@ class Runtime:
     def _tokens(self, text: str) -> list[int]:
         return self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=True)
 
-    def reply_logprobs(self, messages: list[dict], replies: list[str]) -> list[tuple[float, int] | None]:
+    def _cached(self, tokens: list[int]) -> bool:
+        n = len(tokens)
+        return self.llm.n_tokens >= n and self.llm.input_ids[:n].tolist() == tokens
+
+    def reply_logprobs(self, messages: list[dict], replies: list[str],
+                       split_at: str | None = None) -> list[tuple[float, int] | None]:
         """(summed log-probability, tokens) of each reply as the assistant's turn after ``messages``.
 
         The prompt is tokenized as the chat API does and evaluated once; the replies share its KV
-        cache, and so does the next call's prompt as far as it starts with the same tokens. A
-        reply's end-of-turn marker counts as one of its tokens. Needs ``logits=True``."""
+        cache. With ``split_at``, the rendered prompt is cut before the first occurrence of that
+        text: the head is kept in the KV cache for the next call with the same head, the tail is
+        evaluated anew. Both halves are always evaluated the same way, so the numbers do not
+        depend on what was evaluated before. A reply's end-of-turn marker counts as one of its
+        tokens. Needs ``logits=True``."""
         import numpy as np
 
         from .backends.llama_cpp import quiet_native
 
         prompt_text = self._prompt_fmt(messages=messages).prompt
-        prompt = self._tokens(prompt_text)
+        cut = prompt_text.find(split_at) if split_at else -1
+        head = self._tokens(prompt_text[:cut]) if cut > 0 else []
+        prompt = head + self._tokens(prompt_text[cut:] if cut > 0 else prompt_text)
         if len(prompt) >= self.n_ctx - 8:
             return [None] * len(replies)
         out: list[tuple[float, int] | None] = []
         with quiet_native():
-            # Reuse the cached prefix (at least the last prompt token is evaluated again, so its
-            # logits row is fresh); the KV cache past it is dropped by eval().
-            cached = self.llm.input_ids[: self.llm.n_tokens].tolist()
-            common = 0
-            for x, y in zip(cached, prompt[:-1]):
-                if x != y:
-                    break
-                common += 1
-            self.llm.n_tokens = common
-            self.llm.eval(prompt[common:])
+            if head and self._cached(head):
+                self.llm.n_tokens = len(head)  # eval() drops the KV cache past this point
+                self.reused_tokens += len(head)
+            else:
+                self.llm.reset()
+                if head:
+                    self.llm.eval(head)
+            self.evaluated_tokens += len(prompt) - self.llm.n_tokens
+            self.llm.eval(prompt[self.llm.n_tokens:])
             base = self.llm.n_tokens
-            self.reused_tokens += common
-            self.evaluated_tokens += len(prompt) - common
             for reply in replies:
                 full = self._full_fmt(messages=messages + [{"role": "assistant", "content": reply}]).prompt
                 cont = full[len(prompt_text):] if full.startswith(prompt_text) else reply + self.eos
