@@ -144,3 +144,10 @@ def test_splits_are_deterministic_disjoint_and_apply_edits(tmp_path):
     add_edit(run, victim, "restore")
     datasets.build(run, ["c0"], 0.1, 0.2, seed=1, key="k")
     assert victim in {r["meta"]["id"] for s in datasets.SPLITS for r in datasets.load(run, "sft", s)}
+
+
+def test_a_handful_of_rows_never_leaves_train_empty():
+    rows = [{"meta": {"id": f"r{i}"}} for i in range(2)]
+    for seed in range(40):  # with fractions this large, some seeds hash both rows out of train
+        parts = datasets.split(rows, 0.45, 0.45, seed)
+        assert parts["train"] and sum(len(p) for p in parts.values()) == 2

@@ -86,6 +86,9 @@ def split(rows: list[dict], valid_fraction: float, test_fraction: float, seed: i
         for name in ("test", "valid"):
             if not parts[name] and len(parts["train"]) > 1:
                 parts[name].append(parts["train"].pop(0))
+    for name in ("valid", "test"):  # training comes first: never leave it empty while others hold rows
+        if not parts["train"] and parts[name]:
+            parts["train"].append(parts[name].pop())
     return parts
 
 
