@@ -243,10 +243,20 @@ def test_quick_run_started_in_the_app_finishes(tiny_run):
     assert any(e["kind"] == "metric" and e["stage"] == "train_dpo" for e in events)
 
 
-def test_chat_streams_from_the_exported_model(tiny_run):
+def test_chat_streams_from_the_exported_model(tiny_run, monkeypatch):
     from textual.widgets import Input
 
+    from valign_edge.chat import ChatSession
+
     run_dir, _ = tiny_run
+    real_ask = ChatSession.ask
+
+    def paced_ask(self, question):  # the real model's pieces, paced so the test can watch them arrive
+        for piece in real_ask(self, question):
+            time.sleep(0.05)
+            yield piece
+
+    monkeypatch.setattr(ChatSession, "ask", paced_ask)
 
     async def go():
         app = create_app(run_dir)

@@ -53,14 +53,19 @@ class ChatSession:
         else:
             messages.append({"role": "user", "content": question})
         answer = []
-        with quiet_native():
-            stream = self.llm.create_chat_completion(messages=messages, max_tokens=self.max_tokens, temperature=0.0,
-                                                     repeat_penalty=1.1, stream=True)
-            for part in stream:
-                piece = part["choices"][0]["delta"].get("content") or ""
-                if piece:
-                    answer.append(piece)
-                    yield piece
+        stream = self.llm.create_chat_completion(messages=messages, max_tokens=self.max_tokens, temperature=0.0,
+                                                 repeat_penalty=1.1, stream=True)
+        while True:
+            # Silence llama.cpp only while it computes: a piece yielded inside the redirect would be
+            # written by the caller to /dev/null.
+            with quiet_native():
+                part = next(stream, None)
+            if part is None:
+                break
+            piece = part["choices"][0]["delta"].get("content") or ""
+            if piece:
+                answer.append(piece)
+                yield piece
         self.history += [{"role": "user", "content": question}, {"role": "assistant", "content": "".join(answer)}]
         self.history = self.history[-8:]  # keep the context small for small models
 
