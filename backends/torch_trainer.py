@@ -174,8 +174,10 @@ class TorchTrainer:
         os.replace(tmp, out)
 
     # --- the loop ------------------------------------------------------------------------
-    def _loop(self, stage: str, model, batches: list[list[int]], lr: float, out: Path, key: str,
-              step_fn, emit: Callback, should_stop, extra_state: dict | None = None) -> dict:
+    def _loop(self, stage: str, model, batches: list[list[int]], lengths: list[int], lr: float, out: Path,
+              key: str, step_fn, emit: Callback, should_stop, extra_state: dict | None = None) -> dict:
+        """``step_fn(part)`` returns (mean loss over its units, tokens, metrics, units); a step runs one
+        pass per micro-batch and averages over all units, so the update equals one big pass."""
         import torch
 
         tc = self.cfg.train
@@ -193,14 +195,26 @@ class TorchTrainer:
                 raise Cancelled(f"{stage} cancelled at step {step}")
             for group in optimizer.param_groups:
                 group["lr"] = batching.lr_at(step, len(batches), tc.warmup_steps, lr)
-            loss, n_tokens, metrics = step_fn(batches[step])
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            loss, n_tokens, metrics, units = 0.0, 0, {}, 0
+            for part in batching.micro_batches(batches[step], lengths, tc.micro_batch_tokens):
+                part_loss, part_tokens, part_metrics, part_units = step_fn(part)
+                (part_loss * part_units).backward()
+                loss += part_loss.item() * part_units
+                n_tokens += part_tokens
+                units += part_units
+                for name, value in part_metrics.items():
+                    metrics[name] = metrics.get(name, 0.0) + value * part_units
+            for p in params:
+                if p.grad is not None:
+                    p.grad /= max(1, units)
+            loss /= max(1, units)
+            metrics = {name: round(value / max(1, units), 4) for name, value in metrics.items()}
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             optimizer.step()
             tokens += n_tokens
             elapsed = time.monotonic() - t0
-            row = {"step": step + 1, "loss": round(loss.item(), 4), "tokens_per_s": round(tokens / elapsed, 1),
+            row = {"step": step + 1, "loss": round(loss, 4), "tokens_per_s": round(tokens / elapsed, 1),
                    "peak_rss_mb": round(peak_rss_mb()), **metrics}
             history.append(row)
             emit(Event("metric", stage, data=row))
@@ -247,9 +261,9 @@ class TorchTrainer:
             shift_logits, shift_labels = logits[:, :-1], labels[:, offset + 1:]
             keep = shift_labels != -100
             loss = torch.nn.functional.cross_entropy(shift_logits[keep].float(), shift_labels[keep])
-            return loss, int(mask.sum()), {}
+            return loss, int(mask.sum()), {}, int(keep.sum())
 
-        result = self._loop("train_sft", model, batches, tc.sft_lr, out, key, step_fn, emit, should_stop)
+        result = self._loop("train_sft", model, batches, lengths, tc.sft_lr, out, key, step_fn, emit, should_stop)
         result.update(examples=len(examples), precision=self.precision, device=self.device, base=str(base),
                       padding_share=round(1 - sum(lengths[i] for b in batches for i in b) /
                                           sum(max(lengths[i] for i in b) * len(b) for b in batches), 4))
@@ -322,10 +336,9 @@ class TorchTrainer:
             margin = (policy[:, 0] - reference[:, 0]) - (policy[:, 1] - reference[:, 1])
             loss = -F.logsigmoid(beta * margin).mean()
             accuracy = (margin > 0).float().mean().item()
-            return loss, n_tokens, {"reward_accuracy": round(accuracy, 3),
-                                    "margin": round(beta * margin.mean().item(), 4)}
+            return loss, n_tokens, {"reward_accuracy": accuracy, "margin": beta * margin.mean().item()}, len(batch)
 
-        result = self._loop("train_dpo", model, batches, tc.dpo_lr, out, key, step_fn, emit, should_stop)
+        result = self._loop("train_dpo", model, batches, lengths, tc.dpo_lr, out, key, step_fn, emit, should_stop)
         result.update(pairs=len(pairs), beta=beta, precision=self.precision, device=self.device, base=str(base))
         self._finish(model, out, result)
         # ``_finish`` replaced the folder: keep the reference log-probs beside the adapter.

@@ -122,3 +122,40 @@ def test_merge_convert_and_llama_cpp_reproduce_the_model(tmp_path, tiny_model):
     prompts = [prompt_ids(tok, q) for q, _ in QA[:2]]
     reference = t.greedy(merged, prompts, 12)
     assert agreement(reference, gguf_greedy(gguf, prompts, 12))["exact"] == 2
+
+
+def test_warmup_is_at_most_a_tenth_of_a_short_stage():
+    from valign_edge.batching import lr_at
+
+    assert lr_at(0, 6, 5, 1.0) == 1.0  # 6 DPO steps: no warm-up eating most of them
+    assert lr_at(0, 100, 5, 1.0) == pytest.approx(1 / 6)
+    assert lr_at(5, 100, 5, 1.0) == 1.0 and lr_at(99, 100, 5, 1.0) < 0.11
+
+
+def test_micro_batches_split_a_step_by_padded_tokens():
+    from valign_edge.batching import micro_batches
+
+    lengths = [30, 40, 50, 100, 10]
+    assert micro_batches([0, 1, 2], lengths, 0) == [[0, 1, 2]]
+    assert micro_batches([0, 1, 2], lengths, 100) == [[0, 1], [2]]  # 2 x 40 fits, 3 x 50 does not
+    assert micro_batches([3, 4], lengths, 50) == [[3], [4]]  # a sequence longer than the budget goes alone
+
+
+@pytest.mark.parametrize("stage", ["sft", "dpo"])
+def test_micro_batched_steps_match_one_pass(tmp_path, tiny_model, stage):
+    """Gradient accumulation over micro-batches is the same update as one pass over the step's batch."""
+    from safetensors.torch import load_file
+
+    weights, losses = {}, {}
+    for micro in (0, 40):
+        run, cfg = make_run(tmp_path / str(micro), tiny_model, sft_lr=3e-2, dpo_lr=2e-2, max_steps=3,
+                            micro_batch_tokens=micro)
+        t = trainer(cfg)
+        result = t.sft(run, lambda e: None)
+        if stage == "dpo":
+            result = t.dpo(run, lambda e: None)
+        weights[micro] = load_file(str(run.adapter_dir(stage) / "adapter_model.safetensors"))
+        losses[micro] = [h["loss"] for h in result["history"]]
+    assert losses[40] == pytest.approx(losses[0], rel=2e-3)
+    for name, value in weights[0].items():  # as a whole: Adam turns float noise in near-zero gradients
+        assert (weights[40][name] - value).norm() <= 0.02 * value.norm() + 1e-6, name  # into full steps

@@ -116,11 +116,33 @@ def plan_steps(n_batches_per_epoch: int, epochs: float, max_steps: int) -> int:
 
 
 def lr_at(step: int, total: int, warmup: int, base_lr: float) -> float:
-    """Linear warm-up, then cosine decay to 10% of the base rate."""
+    """Linear warm-up, then cosine decay to 10% of the base rate. The warm-up never takes more than
+    a tenth of the steps: a short DPO stage (a handful of steps) must still train at its rate."""
+    warmup = min(warmup, total // 10)
     if step < warmup:
         return base_lr * (step + 1) / (warmup + 1)
     progress = (step - warmup) / max(1, total - warmup)
     return base_lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+
+
+def micro_batches(batch: list[int], lengths: list[int], micro_tokens: int) -> list[list[int]]:
+    """Split one optimizer step's batch into forward/backward passes of at most ``micro_tokens``
+    padded tokens (at least one sequence each), so a large step needs a fraction of the memory."""
+    if micro_tokens <= 0:
+        return [batch]
+    out: list[list[int]] = []
+    current: list[int] = []
+    longest = 0
+    for i in batch:
+        grown = max(longest, lengths[i])
+        if current and grown * (len(current) + 1) > micro_tokens:
+            out.append(current)
+            current, grown = [], lengths[i]
+        current.append(i)
+        longest = grown
+    if current:
+        out.append(current)
+    return out
 
 
 def step_batches(lengths: list[int], batch_tokens: int, seed: int, total_steps: int) -> list[list[int]]:
