@@ -32,7 +32,7 @@ def rows(run: Path, kind: str) -> list[dict]:
     return [json.loads(line) for line in (run / "data" / kind / "train.jsonl").read_text().splitlines() if line]
 
 
-def ours(stage: str, run_dir: Path, steps: int) -> dict:
+def ours(stage: str, run_dir: Path, steps: int, micro_batch_tokens: int | None = None) -> dict:
     from valign_edge.backends.torch_trainer import TorchTrainer
     from valign_edge.config import RunConfig
     from valign_edge.workspace import Run, write_jsonl
@@ -45,6 +45,8 @@ def ours(stage: str, run_dir: Path, steps: int) -> dict:
         cfg.train.lora_rank, cfg.train.lora_alpha, cfg.train.max_seq_len = 16, 32.0, 256
         cfg.train.batch_tokens, cfg.train.max_steps = 1024, steps
         cfg.train.sft_epochs = cfg.train.dpo_epochs = 100.0
+        if micro_batch_tokens is not None:
+            cfg.train.micro_batch_tokens = micro_batch_tokens
         trainer = TorchTrainer(cfg, "cpu")
         if stage == "dpo":
             cfg.train.max_steps = 1
@@ -106,7 +108,10 @@ def reference(stage: str, run_dir: Path, steps: int) -> dict:
 
 
 def one(kind: str, stage: str, run_dir: Path, steps: int) -> None:
-    result = (ours if kind == "valign" else reference)(stage, run_dir, steps)
+    if kind == "valign-1pass":  # the same trainer without micro-batching: what accumulation saves
+        result = ours(stage, run_dir, steps, micro_batch_tokens=0)
+    else:
+        result = (ours if kind == "valign" else reference)(stage, run_dir, steps)
     result["peak_rss_mb"] = peak_rss_mb()
     print("RESULT " + json.dumps(result))
 
@@ -126,7 +131,7 @@ def main() -> None:
                         "udhr.txt"), "--out", str(args.run)], check=True)
     results = {}
     for stage in ("sft", "dpo"):
-        for kind in ("trl", "valign"):
+        for kind in ("trl", "valign", "valign-1pass"):
             proc = subprocess.run([sys.executable, __file__, "--one", kind, stage, "--run", str(args.run),
                                    "--steps", str(args.steps)], capture_output=True, text=True,
                                   env=dict(os.environ, TOKENIZERS_PARALLELISM="false"))
@@ -136,7 +141,7 @@ def main() -> None:
                 raise SystemExit(f"{kind} {stage} failed")
             results[f"{kind}_{stage}"] = json.loads(line[0][7:])
             r = results[f"{kind}_{stage}"]
-            print(f"{stage:4} {kind:7} {r['tokens_per_s']:8.1f} tok/s  peak RSS {r['peak_rss_mb']:7.0f} MB  "
+            print(f"{stage:4} {kind:12} {r['tokens_per_s']:8.1f} tok/s  peak RSS {r['peak_rss_mb']:7.0f} MB  "
                   f"({r['precision']})", flush=True)
     for stage in ("sft", "dpo"):
         ratio = results[f"valign_{stage}"]["tokens_per_s"] / results[f"trl_{stage}"]["tokens_per_s"]
