@@ -33,6 +33,8 @@ def rows(run: Path, kind: str) -> list[dict]:
 
 
 def ours(stage: str, run_dir: Path, steps: int, micro_batch_tokens: int | None = None) -> dict:
+    import torch
+
     from valign_edge.backends.torch_trainer import TorchTrainer
     from valign_edge.config import RunConfig
     from valign_edge.workspace import Run, write_jsonl
@@ -45,6 +47,7 @@ def ours(stage: str, run_dir: Path, steps: int, micro_batch_tokens: int | None =
         cfg.train.lora_rank, cfg.train.lora_alpha, cfg.train.max_seq_len = 16, 32.0, 256
         cfg.train.batch_tokens, cfg.train.max_steps = 1024, steps
         cfg.train.sft_epochs = cfg.train.dpo_epochs = 100.0
+        cfg.train.threads = torch.get_num_threads()  # trl's count, not the load-based choice
         if micro_batch_tokens is not None:
             cfg.train.micro_batch_tokens = micro_batch_tokens
         trainer = TorchTrainer(cfg, "cpu")
