@@ -1,6 +1,7 @@
 import pytest
 
 from valign_edge import config
+from valign_edge.config import RunConfig
 from valign_edge.errors import UserError
 
 
@@ -58,3 +59,17 @@ def test_every_field_has_help():
     text = config.describe()
     assert "generate.questions_per_chunk" in text and "# " in text
     assert all("#" in line for line in text.splitlines())
+
+
+def test_saved_student_changes_only_once_training_checked_it(tmp_path):
+    from valign_edge.generate import save_config
+    from valign_edge.workspace import Run
+
+    run = Run.open(tmp_path / "run")
+    save_config(run, RunConfig(student="good-student"))
+    assert config.resolve(run.config_path).student == "good-student"  # a new run takes it as given
+    save_config(run, RunConfig(student="bad.gguf", seed=3))
+    saved = config.resolve(run.config_path)
+    assert saved.student == "good-student" and saved.seed == 3
+    save_config(run, RunConfig(student="other-student"), student_checked=True)
+    assert config.resolve(run.config_path).student == "other-student"

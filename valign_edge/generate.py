@@ -24,7 +24,19 @@ def model_id(ref: models.ModelRef) -> str:
     return hash_obj([str(ref.path.resolve()), st.st_size, int(st.st_mtime)])
 
 
-def save_config(run: Run, cfg: RunConfig) -> None:
+def save_config(run: Run, cfg: RunConfig, student_checked: bool = False) -> None:
+    """Write the run's config.toml. The student is only written once training has loaded it (or
+    when the run has no saved student yet), so a bad ``--student`` never becomes the run's setting
+    and a good one is what a later ``valign export`` merges onto."""
+    if not student_checked and run.config_path.exists():
+        from dataclasses import replace
+
+        from .config import resolve
+
+        try:
+            cfg = replace(cfg, student=resolve(run.config_path).student)
+        except UserError:
+            pass  # an unreadable saved config is replaced whole
     atomic_write_text(run.config_path, to_toml(cfg))
 
 

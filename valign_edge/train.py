@@ -8,6 +8,7 @@ from .backends import choose_backend, load_trainer
 from .config import RunConfig
 from .errors import UserError
 from .events import Callback, Event, log
+from .generate import save_config
 from .workspace import Run, available_memory_bytes, hash_file, hash_obj, read_jsonl, require_free_disk
 
 
@@ -18,7 +19,7 @@ def _data_hash(run: Run, kind: str) -> str:
     return hash_file(path)
 
 
-def training_memory_bytes(base: Path, tc) -> int:
+def training_memory_bytes(base: Path, tc, backend: str = "torch") -> int:
     """A rough peak for LoRA training of the student in ``base`` (safetensors folder): weights and a
     low-precision copy, one batch's logits (large: the vocabulary) and the activations kept for backward."""
     import json
@@ -31,21 +32,25 @@ def training_memory_bytes(base: Path, tc) -> int:
         conf = {}
     vocab, hidden = conf.get("vocab_size", 32000), conf.get("hidden_size", 2048)
     layers = conf.get("num_hidden_layers", 16)
-    tokens = max(tc.batch_tokens, tc.max_seq_len)
+    tokens = tc.batch_tokens
+    if backend == "torch" and tc.micro_batch_tokens > 0:  # one micro-batch's activations at a time
+        tokens = min(tokens, tc.micro_batch_tokens)
+    tokens = max(tokens, tc.max_seq_len)
     return int(weights * 1.5 + tokens * vocab * 4 * 3 + tokens * hidden * layers * 4 * 20 + 500e6)
 
 
-def check_resources(run: Run, base: Path, cfg: RunConfig, device: str) -> None:
+def check_resources(run: Run, base: Path, cfg: RunConfig, backend: str, device: str) -> None:
     """Fail early, in one line, when the disk or the memory cannot hold the training."""
     weights = sum(p.stat().st_size for p in base.glob("*.safetensors"))
     # adapters, their checkpoints (adapter + optimizer state) and the temporary final copy
     require_free_disk(run.root, weights * 0.25 + 32e6, "training checkpoints and adapters")
     if device != "cpu":
         return
-    need, available = training_memory_bytes(base, cfg.train), available_memory_bytes()
+    need, available = training_memory_bytes(base, cfg.train, backend), available_memory_bytes()
     if available is not None and need > available:
         raise UserError(f"training needs about {need / 1e9:.1f} GB of memory, {available / 1e9:.1f} GB is available; "
-                        f"lower train.batch_tokens (now {cfg.train.batch_tokens}) or close other programs")
+                        f"lower train.micro_batch_tokens (now {cfg.train.micro_batch_tokens}) or train.batch_tokens, or close "
+                        f"other programs")
 
 
 def train(run: Run, cfg: RunConfig, emit: Callback, should_stop=lambda: False) -> dict:
@@ -65,7 +70,8 @@ def train(run: Run, cfg: RunConfig, emit: Callback, should_stop=lambda: False) -
             trainer = load_trainer(choice, cfg)
             # Validate the student and the machine before a stage is marked started, so a bad
             # --student or a too-small machine leaves a finished run exactly as it was.
-            check_resources(run, trainer.base_dir(emit), cfg, choice.device)
+            check_resources(run, trainer.base_dir(emit), cfg, choice.name, choice.device)
+            save_config(run, cfg, student_checked=True)
         emit(Event("stage", stage, f"{method.upper()} with {choice.name} on {choice.device}"))
         with run.stage(stage, key, {"data": sft_data if method == "sft" else dpo_data}) as result:
             if method == "dpo" and not read_jsonl(run.split_path("dpo", "train")):
