@@ -42,12 +42,11 @@ def choice_grammar(options: list[str]) -> str:
 
 
 def default_threads() -> tuple[int, int]:
-    """(decode, prompt) threads: decode on every core only when they are free (valign_edge.cpu);
-    prompt evaluation runs large batches and always uses them (2 idle cores: 58.6 tok/s decode
-    with 2 threads, 37.7 with 1)."""
-    from ..cpu import compute_threads, cores
+    """(decode, prompt) threads: every core when they are free, one when other work runs (2 idle
+    cores: 58.6 tok/s decode with 2 threads, 37.7 with 1; see valign_edge.runtime.auto_threads)."""
+    from ..runtime import auto_threads
 
-    return compute_threads(), cores()
+    return auto_threads()
 
 
 @contextlib.contextmanager

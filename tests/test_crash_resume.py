@@ -10,7 +10,6 @@ finish. The seed is printed; ``VALIGN_CRASH_SEED=N`` replays a failure.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 import random

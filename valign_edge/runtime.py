@@ -3,7 +3,6 @@ chat API users chat with, and log-likelihoods of given replies under the same ch
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 DECODING = {"temperature": 0.0, "top_k": 1, "repeat_penalty": 1.1}  # the same as `valign chat`
@@ -11,16 +10,13 @@ N_CTX = 2048
 
 
 def auto_threads(n_threads: int = 0, n_threads_batch: int = 0) -> tuple[int, int]:
-    """(decode, prompt) threads. Auto: every core on an idle machine, one thread when other work
-    is running: OpenMP's spinning threads collapse when they must share cores (measured on 2 busy
-    cores, 32 tokens of SmolLM2: 1 thread 7.5 s, 1+2 threads 52 s, 2 threads 278 s; on idle
-    cores 2 threads are ~1.5x faster than 1)."""
-    cores = os.cpu_count() or 1
-    try:
-        busy = os.getloadavg()[0] > 0.5
-    except OSError:
-        busy = False
-    auto = 1 if busy else min(cores, 8)
+    """(decode, prompt) threads: given ones, else every core on an idle machine and one when other
+    work is running (valign_edge.cpu). OpenMP's spinning threads collapse when they must share cores
+    (measured on 2 busy cores, 32 tokens of SmolLM2: 1 thread 7.5 s, 1+2 threads 52 s, 2 threads
+    278 s; on idle cores 2 threads are ~1.5x faster than 1)."""
+    from .cpu import compute_threads
+
+    auto = compute_threads() if not (n_threads and n_threads_batch) else 1
     return n_threads or auto, n_threads_batch or auto
 
 

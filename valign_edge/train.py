@@ -49,8 +49,8 @@ def check_resources(run: Run, base: Path, cfg: RunConfig, backend: str, device: 
     need, available = training_memory_bytes(base, cfg.train, backend), available_memory_bytes()
     if available is not None and need > available:
         raise UserError(f"training needs about {need / 1e9:.1f} GB of memory, {available / 1e9:.1f} GB is available; "
-                        f"lower train.micro_batch_tokens (now {cfg.train.micro_batch_tokens}) or train.batch_tokens, or close "
-                        f"other programs")
+                        f"lower train.micro_batch_tokens (now {cfg.train.micro_batch_tokens}) or train.batch_tokens, "
+                        "or close other programs")
 
 
 def train(run: Run, cfg: RunConfig, emit: Callback, should_stop=lambda: False) -> dict:
