@@ -104,6 +104,12 @@ def test_cached_jsonl_test_set_interleaves_and_limits(tmp_path):
     (tmp_path / "junk.jsonl").write_text('{"text": "no questions here"}\n')
     with pytest.raises(UserError, match="no SFT rows"):
         load_test_set(run, cfg, null_callback, tmp_path / "junk.jsonl")
+    cfg.eval.max_questions = 0  # questions the run trained on are not test questions
+    write_jsonl(run.split_path("sft", "train"), [_sft("question 1", "Answer 1.", 9)])
+    write_jsonl(run.split_path("dpo", "train"), [_dpo("Situation 0 ?", "Good.", "Bad.", 9)])
+    tests = load_test_set(run, cfg, null_callback, tmp_path / "tests.jsonl")
+    assert [q["question"] for q in tests.questions] == ["Question 0?", "Situation 1?", "Question 2?"]
+    assert len(tests.pairs) == 1 and tests.source["dropped_trained"] == 2
     with pytest.raises(UserError, match="no such file"):
         load_test_set(run, cfg, null_callback, tmp_path / "missing.txt")
 

@@ -118,6 +118,16 @@ def _pair_rows(dpo_rows: list[dict]) -> list[dict]:
             for r in dpo_rows]
 
 
+def _norm(text: str) -> str:
+    return " ".join(re.findall(r"\w+", text.lower()))
+
+
+def _trained_prompts(run: Run) -> set[str]:
+    """Normalized questions and DPO prompts of the run's train split."""
+    return ({_norm(r["messages"][0]["content"]) for r in read_jsonl(run.split_path("sft", "train"))} |
+            {_norm(r["prompt"]) for r in read_jsonl(run.split_path("dpo", "train"))})
+
+
 def _check_test_split(run: Run) -> None:
     if not run.split_path("sft", "test").exists():
         raise UserError(f"{run.root} has no test split (data/sft/test.jsonl: the generate stage has not run); "
@@ -170,6 +180,15 @@ def load_test_set(run: Run, cfg: RunConfig, emit: Callback, doc: Path | None = N
             sft, dpo = read_jsonl(sub.split_path("sft", "test")), read_jsonl(sub.split_path("dpo", "test"))
             chunks = read_jsonl(sub.chunks_path)
             source = {"kind": "document", "path": str(doc), "cache": str(sub.root)}
+    if doc is not None:  # a test set from elsewhere must not ask what the models were trained on
+        seen = _trained_prompts(run)
+        kept_sft = [r for r in sft if _norm(r["messages"][0]["content"]) not in seen]
+        kept_dpo = [r for r in dpo if _norm(r["prompt"]) not in seen]
+        dropped = len(sft) - len(kept_sft) + len(dpo) - len(kept_dpo)
+        if dropped:
+            log(emit, "eval", f"{dropped} test questions dropped: the run trained on them")
+        sft, dpo = kept_sft, kept_dpo
+        source["dropped_trained"] = dropped
     questions, pairs = _question_rows(sft, dpo), _pair_rows(dpo)
     limit = cfg.eval.max_questions
     if limit:
