@@ -196,20 +196,7 @@ class TorchTrainer:
             for group in optimizer.param_groups:
                 group["lr"] = batching.lr_at(step, len(batches), tc.warmup_steps, lr)
             optimizer.zero_grad(set_to_none=True)
-            loss, n_tokens, metrics, units = 0.0, 0, {}, 0
-            for part in batching.micro_batches(batches[step], lengths, tc.micro_batch_tokens):
-                part_loss, part_tokens, part_metrics, part_units = step_fn(part)
-                (part_loss * part_units).backward()
-                loss += part_loss.item() * part_units
-                n_tokens += part_tokens
-                units += part_units
-                for name, value in part_metrics.items():
-                    metrics[name] = metrics.get(name, 0.0) + value * part_units
-            for p in params:
-                if p.grad is not None:
-                    p.grad /= max(1, units)
-            loss /= max(1, units)
-            metrics = {name: round(value / max(1, units), 4) for name, value in metrics.items()}
+            loss, n_tokens, metrics = self._accumulate(step_fn, batches[step], lengths, params)
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             optimizer.step()
             tokens += n_tokens
@@ -224,6 +211,24 @@ class TorchTrainer:
         return {"steps": len(batches), "resumed_from": start, "tokens": tokens,
                 "seconds": round(time.monotonic() - t0, 2), "history": history,
                 "final_loss": history[-1]["loss"] if history else None}
+
+    def _accumulate(self, step_fn, batch: list[int], lengths: list[int], params) -> tuple[float, int, dict]:
+        """Gradients of the whole step's mean loss, one micro-batch at a time: each part's mean is
+        weighted by its units and the sum divided by all units, so the update equals one big pass."""
+        loss, n_tokens, metrics, units = 0.0, 0, {}, 0
+        for part in batching.micro_batches(batch, lengths, self.cfg.train.micro_batch_tokens):
+            part_loss, part_tokens, part_metrics, part_units = step_fn(part)
+            (part_loss * part_units).backward()
+            loss += part_loss.item() * part_units
+            n_tokens += part_tokens
+            units += part_units
+            for name, value in part_metrics.items():
+                metrics[name] = metrics.get(name, 0.0) + value * part_units
+        units = max(1, units)
+        for p in params:
+            if p.grad is not None:
+                p.grad /= units
+        return loss / units, n_tokens, {name: round(value / units, 4) for name, value in metrics.items()}
 
     # --- SFT -------------------------------------------------------------------------------
     def sft(self, run: Run, emit: Callback, should_stop=lambda: False) -> dict:

@@ -96,18 +96,27 @@ def bucket_batches(lengths: list[int], batch_tokens: int, seed: int, epoch: int)
     """
     rng = random.Random(seed * 1000 + epoch)
     order = sorted(range(len(lengths)), key=lambda i: (lengths[i], rng.random()))
-    batches, current, longest = [], [], 0
-    for i in order:
-        new_longest = max(longest, lengths[i])
-        if current and new_longest * (len(current) + 1) > batch_tokens:
-            batches.append(current)
-            current, new_longest = [], lengths[i]
-        current.append(i)
-        longest = new_longest
-    if current:
-        batches.append(current)
+    batches = pack(order, lengths, batch_tokens)
     rng.shuffle(batches)
     return batches
+
+
+def pack(order: list[int], lengths: list[int], budget: int) -> list[list[int]]:
+    """Consecutive runs of ``order`` whose padded size (longest x count) stays within ``budget``;
+    a sequence longer than the budget goes alone."""
+    out: list[list[int]] = []
+    current: list[int] = []
+    longest = 0
+    for i in order:
+        grown = max(longest, lengths[i])
+        if current and grown * (len(current) + 1) > budget:
+            out.append(current)
+            current, grown = [], lengths[i]
+        current.append(i)
+        longest = grown
+    if current:
+        out.append(current)
+    return out
 
 
 def plan_steps(n_batches_per_epoch: int, epochs: float, max_steps: int) -> int:
@@ -128,21 +137,7 @@ def lr_at(step: int, total: int, warmup: int, base_lr: float) -> float:
 def micro_batches(batch: list[int], lengths: list[int], micro_tokens: int) -> list[list[int]]:
     """Split one optimizer step's batch into forward/backward passes of at most ``micro_tokens``
     padded tokens (at least one sequence each), so a large step needs a fraction of the memory."""
-    if micro_tokens <= 0:
-        return [batch]
-    out: list[list[int]] = []
-    current: list[int] = []
-    longest = 0
-    for i in batch:
-        grown = max(longest, lengths[i])
-        if current and grown * (len(current) + 1) > micro_tokens:
-            out.append(current)
-            current, grown = [], lengths[i]
-        current.append(i)
-        longest = grown
-    if current:
-        out.append(current)
-    return out
+    return pack(batch, lengths, micro_tokens) if micro_tokens > 0 else [batch]
 
 
 def step_batches(lengths: list[int], batch_tokens: int, seed: int, total_steps: int) -> list[list[int]]:
