@@ -41,14 +41,6 @@ def choice_grammar(options: list[str]) -> str:
     return "root ::= " + " | ".join(_literal(o) for o in options) + "\n"
 
 
-def default_threads() -> tuple[int, int]:
-    """(decode, prompt) threads: every core when they are free, one when other work runs (2 idle
-    cores: 58.6 tok/s decode with 2 threads, 37.7 with 1; see valign_edge.runtime.auto_threads)."""
-    from ..runtime import auto_threads
-
-    return auto_threads()
-
-
 @contextlib.contextmanager
 def quiet_native() -> Iterator[None]:
     """llama.cpp logs to fds 1 and 2 from C; keep the terminal for our own output."""
@@ -84,9 +76,10 @@ def load_llama(path: str | Path, *, n_ctx: int = 2048, n_threads: int = 0, n_thr
         from llama_cpp import Llama
     except ImportError:
         raise UserError("llama-cpp-python is not installed; run: make setup") from None
-    decode, batch = default_threads()
-    kwargs = dict(model_path=str(path), n_ctx=n_ctx, n_threads=n_threads or decode,
-                  n_threads_batch=n_threads_batch or batch, seed=seed, verbose=False,
+    from ..runtime import auto_threads  # every core when free, one while other work runs
+
+    decode, batch = auto_threads(n_threads, n_threads_batch)
+    kwargs = dict(model_path=str(path), n_ctx=n_ctx, n_threads=decode, n_threads_batch=batch, seed=seed, verbose=False,
                   vocab_only=vocab_only, logits_all=logits_all)
     if lora_path:
         kwargs["lora_path"] = str(lora_path)

@@ -28,6 +28,7 @@ from . import metrics, models
 from .config import RunConfig
 from .errors import UserError
 from .events import Callback, Event, Progress, log
+from .filters import normalized
 from .runtime import DECODING, Runtime, auto_threads
 from .workspace import (Run, append_jsonl, atomic_write_text, hash_file, hash_obj, read_jsonl, write_json,
                         write_jsonl)
@@ -118,14 +119,10 @@ def _pair_rows(dpo_rows: list[dict]) -> list[dict]:
             for r in dpo_rows]
 
 
-def _norm(text: str) -> str:
-    return " ".join(re.findall(r"\w+", text.lower()))
-
-
 def _trained_prompts(run: Run) -> set[str]:
     """Normalized questions and DPO prompts of the run's train split."""
-    return ({_norm(r["messages"][0]["content"]) for r in read_jsonl(run.split_path("sft", "train"))} |
-            {_norm(r["prompt"]) for r in read_jsonl(run.split_path("dpo", "train"))})
+    return ({normalized(r["messages"][0]["content"]) for r in read_jsonl(run.split_path("sft", "train"))} |
+            {normalized(r["prompt"]) for r in read_jsonl(run.split_path("dpo", "train"))})
 
 
 def _check_test_split(run: Run) -> None:
@@ -182,8 +179,8 @@ def load_test_set(run: Run, cfg: RunConfig, emit: Callback, doc: Path | None = N
             source = {"kind": "document", "path": str(doc), "cache": str(sub.root)}
     if doc is not None:  # a test set from elsewhere must not ask what the models were trained on
         seen = _trained_prompts(run)
-        kept_sft = [r for r in sft if _norm(r["messages"][0]["content"]) not in seen]
-        kept_dpo = [r for r in dpo if _norm(r["prompt"]) not in seen]
+        kept_sft = [r for r in sft if normalized(r["messages"][0]["content"]) not in seen]
+        kept_dpo = [r for r in dpo if normalized(r["prompt"]) not in seen]
         dropped = len(sft) - len(kept_sft) + len(dpo) - len(kept_dpo)
         if dropped:
             log(emit, "eval", f"{dropped} test questions dropped: the run trained on them")

@@ -14,9 +14,11 @@ def auto_threads(n_threads: int = 0, n_threads_batch: int = 0) -> tuple[int, int
     work is running (valign_edge.cpu). OpenMP's spinning threads collapse when they must share cores
     (measured on 2 busy cores, 32 tokens of SmolLM2: 1 thread 7.5 s, 1+2 threads 52 s, 2 threads
     278 s; on idle cores 2 threads are ~1.5x faster than 1)."""
+    if n_threads and n_threads_batch:  # nothing to choose: skip sampling the machine's load
+        return n_threads, n_threads_batch
     from .cpu import compute_threads
 
-    auto = compute_threads() if not (n_threads and n_threads_batch) else 1
+    auto = compute_threads()
     return n_threads or auto, n_threads_batch or auto
 
 
