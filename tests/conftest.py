@@ -199,25 +199,32 @@ def teacher_gguf() -> Path:
     return path
 
 
-@pytest.fixture(scope="session")
-def tiny_student(tmp_path_factory, teacher_gguf) -> Path:
-    """An HF folder (safetensors): a randomly initialised 2-layer llama with SmolLM2's tokenizer."""
-    torch = pytest.importorskip("torch")
-    pytest.importorskip("peft")
+def make_tiny_llama(out: Path, **config) -> Path:
+    """Save a randomly initialised (seed 0) 2-layer llama with SmolLM2's real tokenizer to ``out``;
+    ``config`` adds or overrides LlamaConfig fields."""
+    import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
     from valign_edge.backends.hf import student_hf_dir
     from valign_edge.models import resolve
 
     tok = AutoTokenizer.from_pretrained(str(student_hf_dir(resolve("smollm2-135m-instruct"))))
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, tie_word_embeddings=True)
+    cfg = LlamaConfig(**{**dict(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                                bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                                tie_word_embeddings=True), **config})
     torch.manual_seed(0)
-    out = tmp_path_factory.mktemp("tiny-student")
     LlamaForCausalLM(cfg).save_pretrained(out, safe_serialization=True)
     tok.save_pretrained(out)
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_student(tmp_path_factory, teacher_gguf) -> Path:
+    """An HF folder (safetensors): a randomly initialised 2-layer llama with SmolLM2's tokenizer."""
+    pytest.importorskip("torch")
+    pytest.importorskip("peft")
+    return make_tiny_llama(tmp_path_factory.mktemp("tiny-student"))
 
 
 def evaluate_available() -> bool:

@@ -42,26 +42,17 @@ QA = [("What must staff do with patient records?", "Keep patient records confide
 def tiny_model(tmp_path_factory):
     """A random 2-layer llama in HF format, with SmolLM2's tokenizer and RoPE base (100000, which
     transformers 5 writes as ``rope_parameters``: mlx-lm must be told)."""
-    torch = pytest.importorskip("torch")
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    pytest.importorskip("torch")
+    from conftest import make_tiny_llama
 
     from valign_edge.backends.hf import student_hf_dir
     from valign_edge.models import resolve
 
     try:
-        source = student_hf_dir(resolve("smollm2-135m-instruct"))
+        student_hf_dir(resolve("smollm2-135m-instruct"))
     except Exception as exc:  # the model package is missing
         pytest.skip(f"SmolLM2 is not available: {exc}")
-    tok = AutoTokenizer.from_pretrained(str(source))
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, tie_word_embeddings=True,
-                      rope_theta=100000.0)
-    torch.manual_seed(0)
-    out = tmp_path_factory.mktemp("tiny-mlx")
-    LlamaForCausalLM(cfg).save_pretrained(out, safe_serialization=True)
-    tok.save_pretrained(out)
-    return out
+    return make_tiny_llama(tmp_path_factory.mktemp("tiny-mlx"), rope_theta=100000.0)
 
 
 def make_run(root: Path, tiny_model: Path, **train) -> tuple[Run, RunConfig]:

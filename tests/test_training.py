@@ -20,21 +20,8 @@ QA = [("What must staff do with patient records?", "Keep patient records confide
 
 
 @pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    from valign_edge.backends.hf import student_hf_dir
-    from valign_edge.models import resolve
-
-    tok = AutoTokenizer.from_pretrained(str(student_hf_dir(resolve("smollm2-135m-instruct"))))
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, tie_word_embeddings=True)
-    torch.manual_seed(0)
-    out = tmp_path_factory.mktemp("tiny")
-    LlamaForCausalLM(cfg).save_pretrained(out, safe_serialization=True)
-    tok.save_pretrained(out)
-    return out
+def tiny_model(tiny_student):
+    return tiny_student  # conftest: a 2-layer llama with SmolLM2's real tokenizer
 
 
 def make_run(tmp_path, tiny_model, **train):
@@ -148,8 +135,9 @@ def test_micro_batched_steps_match_one_pass(tmp_path, tiny_model, stage):
 
     weights, losses = {}, {}
     for micro in (0, 40):
+        # One thread in both: with two, reduction order differs between runs and Adam magnifies it.
         run, cfg = make_run(tmp_path / str(micro), tiny_model, sft_lr=3e-2, dpo_lr=2e-2, max_steps=3,
-                            micro_batch_tokens=micro)
+                            micro_batch_tokens=micro, threads=1)
         t = trainer(cfg)
         result = t.sft(run, lambda e: None)
         if stage == "dpo":
