@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
 import subprocess
 import sys
@@ -22,6 +21,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from isolated import measure, report  # noqa: E402  (bench/, beside this script)
 
 
 def peak_rss_mb() -> float:
@@ -116,7 +116,7 @@ def one(kind: str, stage: str, run_dir: Path, steps: int) -> None:
     else:
         result = (ours if kind == "valign" else reference)(stage, run_dir, steps)
     result["peak_rss_mb"] = peak_rss_mb()
-    print("RESULT " + json.dumps(result))
+    report(result)
 
 
 def main() -> None:
@@ -135,15 +135,7 @@ def main() -> None:
     results = {}
     for stage in ("sft", "dpo"):
         for kind in ("trl", "valign", "valign-1pass"):
-            proc = subprocess.run([sys.executable, __file__, "--one", kind, stage, "--run", str(args.run),
-                                   "--steps", str(args.steps)], capture_output=True, text=True,
-                                  env=dict(os.environ, TOKENIZERS_PARALLELISM="false"))
-            line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
-            if proc.returncode or not line:
-                print(proc.stderr[-3000:], file=sys.stderr)
-                raise SystemExit(f"{kind} {stage} failed")
-            results[f"{kind}_{stage}"] = json.loads(line[0][7:])
-            r = results[f"{kind}_{stage}"]
+            r = results[f"{kind}_{stage}"] = measure(__file__, kind, stage, args.run, args.steps)
             print(f"{stage:4} {kind:12} {r['tokens_per_s']:8.1f} tok/s  peak RSS {r['peak_rss_mb']:7.0f} MB  "
                   f"({r['precision']})", flush=True)
     for stage in ("sft", "dpo"):

@@ -29,7 +29,6 @@ import os
 import platform
 import re
 import resource
-import subprocess
 import sys
 import tempfile
 import time
@@ -37,6 +36,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from isolated import measure, report  # noqa: E402  (bench/, beside this script)
 
 RANK, ALPHA, MAX_LEN, BATCH_TOKENS, WARM = 16, 32.0, 256, 1024, 2
 
@@ -228,7 +228,7 @@ def one(kind: str, stage: str, run_dir: Path, steps: int) -> None:
     rows, _ = load_rows(run_dir)
     result = mlx_lm_reference(rows, steps) if kind == "mlx_lm" else ours(kind, stage, rows, steps)
     result["peak_rss_mb"] = round(peak_rss_mb())
-    print("RESULT " + json.dumps(result), flush=True)
+    report(result)
 
 
 def machine() -> str:
@@ -261,14 +261,7 @@ def main() -> None:
         name = f"{kind}_{stage}"
         if args.only and name not in args.only:
             continue
-        proc = subprocess.run([sys.executable, __file__, "--one", kind, stage, "--run", str(args.run),
-                               "--steps", str(args.steps)], capture_output=True, text=True,
-                              env=dict(os.environ, TOKENIZERS_PARALLELISM="false"))
-        line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
-        if proc.returncode or not line:
-            print(proc.stderr[-3000:], file=sys.stderr)
-            raise SystemExit(f"{name} failed")
-        r = results[name] = json.loads(line[0][7:])
+        r = results[name] = measure(__file__, kind, stage, args.run, args.steps)
         if args.json:  # after each configuration: a long run that fails later keeps what it measured
             args.json.write_text(json.dumps(results, indent=2))
         print(f"{stage:4} {kind:7} {r['tokens_per_s']:7.1f} tok/s ({r.get('warm_tokens_per_s', '-')} warm), "
