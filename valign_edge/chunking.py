@@ -7,6 +7,7 @@ Spans index the normalized document text, so ``text[start:end] == chunk.text``.
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import re
 from dataclasses import asdict, dataclass
@@ -31,9 +32,13 @@ class Chunk:
     end: int
     heading: str
     text: str
+    pages: list[int] | None = None  # [first, last] page of a PDF; None for documents without pages
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        out = asdict(self)
+        if self.pages is None:
+            del out["pages"]
+        return out
 
 
 def approx_tokens(text: str) -> int:
@@ -111,8 +116,17 @@ def _strip_span(text: str, start: int, end: int) -> tuple[int, int]:
     return start, end
 
 
+def page_range(page_starts: list[tuple[int, int]], start: int, end: int) -> list[int]:
+    """[first, last] page number of the span [start, end) given (offset, page number) of each page."""
+    offsets = [offset for offset, _ in page_starts]
+    first = page_starts[max(0, bisect.bisect_right(offsets, start) - 1)][1]
+    last = page_starts[max(0, bisect.bisect_right(offsets, max(start, end - 1)) - 1)][1]
+    return [first, last]
+
+
 def chunk_text(text: str, max_tokens: int = 320, overlap_tokens: int = 32,
-               count_tokens: TokenCounter = approx_tokens) -> list[Chunk]:
+               count_tokens: TokenCounter = approx_tokens,
+               page_starts: list[tuple[int, int]] | None = None) -> list[Chunk]:
     spans: list[tuple[str, int, int]] = []
     for heading, s_start, s_end in _sections(text):
         if count_tokens(text[s_start:s_end]) <= max_tokens:
@@ -148,5 +162,6 @@ def chunk_text(text: str, max_tokens: int = 320, overlap_tokens: int = 32,
         cid = f"c{len(chunks):04d}-{base}"
         assert cid not in seen
         seen.add(cid)
-        chunks.append(Chunk(cid, start, end, heading, body))
+        chunks.append(Chunk(cid, start, end, heading, body,
+                            page_range(page_starts, start, end) if page_starts else None))
     return chunks

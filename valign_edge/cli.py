@@ -262,13 +262,13 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     p = verb("run", cmd_run, "all stages: generate data, train SFT + DPO, export GGUF (resumable)")
-    p.add_argument("document", type=Path, help="value document (.txt, .md, .html)")
+    p.add_argument("document", type=Path, help="value document (.txt, .md, .html, .pdf, .docx)")
     p.add_argument("--out", type=Path, required=True, help="run folder (created private to you)")
     p.add_argument("--eval", action="store_true", help="also run the evaluation stage")
     p.add_argument("--show-example", action="store_true", help="end with one aligned vs vanilla answer")
 
     p = verb("generate", cmd_generate, "chunk a document and have the teacher write SFT and DPO data")
-    p.add_argument("document", type=Path, help="value document (.txt, .md, .html)")
+    p.add_argument("document", type=Path, help="value document (.txt, .md, .html, .pdf, .docx)")
     p.add_argument("--out", type=Path, required=True, help="run folder (created private to you)")
 
     p = verb("train", cmd_train, "LoRA SFT then DPO on the run's data (torch/PEFT or MLX)")

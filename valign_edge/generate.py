@@ -11,7 +11,7 @@ from .chunking import chunk_text
 from .config import RunConfig, to_toml
 from .errors import UserError
 from .events import Callback, Event, log
-from .ingest import read_document
+from .ingest import load_page_starts, read_document, save_page_starts
 from .synth import synth_key, synthesize
 from .workspace import Run, atomic_write_text, hash_obj, require_free_disk, write_jsonl
 
@@ -46,11 +46,13 @@ def load_document(run: Run, doc: str | Path | None) -> str:
         if not run.document_path.exists():
             raise UserError(f"{run.root} has no document yet; give one: valign generate DOC --out {run.root}")
         return run.document_path.read_text(encoding="utf-8")
-    text = read_document(doc).text
+    document = read_document(doc)
+    text = document.text
     if not run.document_path.exists() or run.document_path.read_text(encoding="utf-8") != text:
         # the document, its chunks and the teacher's records: a few times the text, plus logs
         require_free_disk(run.root, 4 * len(text.encode("utf-8")) + 16e6, "the document and its generated data")
         atomic_write_text(run.document_path, text)
+    save_page_starts(run.root, text, document.pages)
     return text
 
 
@@ -76,7 +78,7 @@ def generate(run: Run, cfg: RunConfig, emit: Callback, doc: str | Path | None = 
     save_config(run, cfg)
     with run.stage("generate", key, {"document": hash_obj(text), "teacher": model_id(teacher_ref)}) as result:
         budget = gen.chunk_tokens
-        chunks = chunk_text(text, budget, gen.chunk_overlap, teacher.count_tokens)
+        chunks = chunk_text(text, budget, gen.chunk_overlap, teacher.count_tokens, load_page_starts(run.root, text))
         write_jsonl(run.chunks_path, [c.to_dict() for c in chunks])
         if gen.max_chunks:
             chunks = chunks[: gen.max_chunks]

@@ -1,12 +1,13 @@
-"""Read a value document (.txt, .md, .html) into normalized text, refusing what is not text."""
+"""Read a value document (.txt, .md, .html, .pdf, .docx) into normalized text, refusing what is not text."""
 
 from __future__ import annotations
 
+import hashlib
 import html
 import html.parser
 import re
 import unicodedata
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import UserError
@@ -21,6 +22,8 @@ class Document:
     path: Path
     text: str
     sha256: str
+    # PDFs: (offset in ``text`` where a page starts, page number), so chunks can cite their pages.
+    pages: list[tuple[int, int]] = field(default_factory=list)
 
 
 def _decode(data: bytes, path: Path) -> str:
@@ -96,27 +99,37 @@ def html_to_text(source: str) -> str:
     return html.unescape("".join(parser.parts))
 
 
+# Strings that chat templates and tokenizers treat as control tokens (<|im_start|>, <|endoftext|>,
+# <s>, </s>, <start_of_turn>, [INST], <｜User｜>, ...). Inside a document they are content: a space
+# after the opening bracket keeps them readable but stops any tokenizer from matching them as special
+# tokens, in the teacher's prompts, the training data and chat alike, since all three start from here.
+CONTROL_STRING = re.compile(r"<[|｜][^\s<>]{0,40}?[|｜]>|</?[A-Za-z][\w.\-]{0,30}>"
+                            r"|\[/?(?:INST|SYS|SYSTEM_PROMPT|AVAILABLE_TOOLS|TOOL_CALLS|TOOL_RESULTS|TOOL_CONTENT|THINK)\]")
+
+
+def neutralize_control_strings(text: str) -> str:
+    return CONTROL_STRING.sub(lambda m: m.group(0)[0] + " " + m.group(0)[1:], text)
+
+
 def normalize(text: str) -> str:
     text = unicodedata.normalize("NFC", text)
     text = text.replace("\r\n", "\n").replace("\r", "\n").replace("\t", " ")
     text = "".join(ch for ch in text if ch == "\n" or unicodedata.category(ch) != "Cc")
     text = "\n".join(re.sub(r" {2,}", " ", line).strip() for line in text.split("\n"))
     text = re.sub(r"\n{3,}", "\n\n", text)
-    return text.strip() + "\n"
+    return neutralize_control_strings(text.strip()) + "\n"
 
 
 def read_document(path: str | Path) -> Document:
     """Read and normalize a document; every problem is a one-line ``UserError``."""
-    import hashlib
-
     path = Path(path).expanduser()
     if not path.exists():
         raise UserError(f"document not found: {path}")
     if path.is_dir():
-        raise UserError(f"{path} is a folder; give a document file (.txt, .md, .html)")
+        raise UserError(f"{path} is a folder; give a document file (.txt, .md, .html, .pdf, .docx)")
     suffix = path.suffix.lower()
-    if suffix in {".pdf", ".docx", ".doc", ".odt"}:
-        raise UserError(f"{path}: {suffix} is not supported yet; save it as .txt, .md or .html")
+    if suffix in {".doc", ".odt", ".rtf", ".pages"}:
+        raise UserError(f"{path}: {suffix} is not supported; save it as .docx, .pdf, .txt, .md or .html")
     size = path.stat().st_size
     if size > MAX_BYTES:
         raise UserError(f"{path} is {size / 2**20:.0f} MB; the limit is {MAX_BYTES // 2**20} MB")
@@ -126,6 +139,19 @@ def read_document(path: str | Path) -> Document:
         raise UserError(f"cannot read {path}: permission denied") from None
     if not data.strip():
         raise UserError(f"{path} is empty")
+    pages: list[tuple[int, int]] = []
+    if suffix in (".pdf", ".docx") or data.startswith(b"%PDF-"):
+        from . import docformats
+
+        if data.startswith(b"%PDF-"):
+            text, pages = docformats.read_pdf(path)  # normalized page by page: the page offsets hold
+        elif data.startswith(b"PK"):
+            text = normalize(docformats.read_docx(path))
+        else:
+            raise UserError(f"{path} is not a {suffix[1:].upper()} file (its content does not match the name)")
+        if len(re.findall(r"\w+", text)) < 5:
+            raise UserError(f"{path} has too little text to learn values from")
+        return Document(path=path, text=text, sha256=hashlib.sha256(text.encode()).hexdigest(), pages=pages)
     if _looks_binary(data):
         raise UserError(f"{path} looks like a binary file, not text")
     text = _decode(data, path)
@@ -135,3 +161,33 @@ def read_document(path: str | Path) -> Document:
     if len(re.findall(r"\w+", text)) < 5:
         raise UserError(f"{path} has too little text to learn values from")
     return Document(path=path, text=text, sha256=hashlib.sha256(text.encode()).hexdigest())
+
+
+PAGES_FILE = "document.pages.json"
+
+
+def save_page_starts(run_root: Path, text: str, pages: list[tuple[int, int]]) -> None:
+    """Keep a PDF's page offsets beside the run's document (a resumed run has only document.txt)."""
+    import json
+
+    from .workspace import atomic_write_text
+
+    path = Path(run_root) / PAGES_FILE
+    if pages:
+        atomic_write_text(path, json.dumps({"document_sha256": hashlib.sha256(text.encode()).hexdigest(),
+                                            "pages": [list(p) for p in pages]}))
+    elif path.exists():
+        path.unlink()
+
+
+def load_page_starts(run_root: Path, text: str) -> list[tuple[int, int]] | None:
+    """The page offsets saved for exactly this text, else None."""
+    import json
+
+    try:
+        saved = json.loads((Path(run_root) / PAGES_FILE).read_text(encoding="utf-8"))
+        if saved["document_sha256"] == hashlib.sha256(text.encode()).hexdigest():
+            return [(int(a), int(b)) for a, b in saved["pages"]]
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    return None

@@ -183,6 +183,10 @@ class DataScreen(ValignScreen):
         out.append(f"source {meta['chunk_id'].split('-')[0]}", style="bold")
         if chunk.get("heading"):
             out.append(f" · {chunk['heading']}", style="bold")
+        pages = chunk.get("pages")  # PDFs: [first, last]
+        if pages:
+            out.append(f" · page {pages[0]}" if pages[0] == pages[-1] else f" · pages {pages[0]}-{pages[-1]}",
+                       style="bold")
         out.append(f" · chars {start}-{end}\n", style="dim")
         doc = self.document
         if not doc or end > len(doc):

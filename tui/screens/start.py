@@ -63,7 +63,7 @@ class StartScreen(ValignScreen):
             with VerticalScroll(id="start-form"):
                 with Horizontal(classes="row"):
                     yield Label("Document", classes="field-label")
-                    yield Input(placeholder="path to a .txt, .md or .html file", id="doc-path", compact=True)
+                    yield Input(placeholder="path to a .txt, .md, .html, .pdf or .docx file", id="doc-path", compact=True)
                     yield Button("Browse", id="browse", compact=True)
                 for role, default in (("teacher", defaults.teacher), ("student", defaults.student)):
                     with Horizontal(classes="row gap" if role == "teacher" else "row"):
