@@ -1,4 +1,6 @@
-"""llama.cpp through llama-cpp-python: the teacher, the judge and the chat runtime.
+"""llama.cpp through llama-cpp-python, the one module that talks to it: the teacher (``LlamaTeacher``),
+the runtime evaluation, the judge and ``valign chat`` answer with (``Runtime``), the grammars, GGUF
+metadata, quantization and the greedy tokens export verifies.
 
 Output the pipeline parses is constrained by hand-written GBNF grammars with single-line
 strings: the JSON-schema route lets strings hold raw newlines, which small teachers fill
@@ -14,7 +16,14 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Iterator
 
+from ..cpu import auto_threads
 from ..errors import UserError
+from ..models import check_gguf
+
+DECODING = {"temperature": 0.0, "top_k": 1, "repeat_penalty": 1.1}  # evaluation and `valign chat`
+N_CTX = 2048
+QUANT_FTYPES = {"q8_0": "LLAMA_FTYPE_MOSTLY_Q8_0", "q4_k_m": "LLAMA_FTYPE_MOSTLY_Q4_K_M",
+                "q4_0": "LLAMA_FTYPE_MOSTLY_Q4_0", "f16": "LLAMA_FTYPE_MOSTLY_F16"}
 
 QUESTION = r"""
 q ::= "\"" ("What" | "Why" | "How" | "Who" | "When" | "Which" | "Can" | "Should" | "May" | "Must" | "Is" | "Are" | "Does" | "Do" | "If") " " qc{8,160} "?\""
@@ -68,16 +77,12 @@ def load_llama(path: str | Path, *, n_ctx: int = 2048, n_threads: int = 0, n_thr
                seed: int = 0, lora_path: str | Path | None = None, vocab_only: bool = False,
                logits_all: bool = False):
     """Open a GGUF with llama.cpp; any failure becomes a one-line UserError."""
-    from ..models import check_gguf
-
     path = Path(path)
     check_gguf(path)
     try:
         from llama_cpp import Llama
     except ImportError:
         raise UserError("llama-cpp-python is not installed; run: make setup") from None
-    from ..runtime import auto_threads  # every core when free, one while other work runs
-
     decode, batch = auto_threads(n_threads, n_threads_batch)
     kwargs = dict(model_path=str(path), n_ctx=n_ctx, n_threads=decode, n_threads_batch=batch, seed=seed, verbose=False,
                   vocab_only=vocab_only, logits_all=logits_all)
@@ -160,3 +165,146 @@ class LlamaTeacher:
     def stats(self) -> dict:
         return {"calls": self.calls, "prompt_tokens": self.prompt_tokens,
                 "completion_tokens": self.completion_tokens, "seconds": round(self.seconds, 2)}
+
+
+def gguf_metadata(path: Path) -> dict:
+    """The GGUF's key/value metadata (vocab only: fast)."""
+    return dict(load_llama(path, vocab_only=True).metadata)
+
+
+def quantize_gguf(src: Path, dst: Path, quant: str) -> None:
+    """``src`` (F16 GGUF) quantized to ``quant`` (a key of ``QUANT_FTYPES``) into ``dst``."""
+    import llama_cpp
+
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = getattr(llama_cpp, QUANT_FTYPES[quant])
+    params.nthread = 0
+    with quiet_native():
+        rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), params)
+    if rc != 0:
+        raise UserError(f"quantizing {src.name} to {quant} failed")
+
+
+def greedy_tokens(path: Path, prompts: list[list[int]], n_tokens: int, lora: Path | None = None) -> list[list[int]]:
+    """Greedy continuations of token-id prompts (what export checks against the merged model)."""
+    llm = load_llama(path, n_ctx=1024, lora_path=lora)
+    eos = llm.token_eos()
+    outs = []
+    for ids in prompts:
+        llm.reset()
+        out: list[int] = []
+        for tok in llm.generate(ids, top_k=1, top_p=1.0, temp=0.0, repeat_penalty=1.0, reset=True):
+            if tok == eos or len(out) >= n_tokens:
+                break
+            out.append(tok)
+        outs.append(out)
+    return outs
+
+
+class Runtime:
+    """A GGUF model (plus an optional LoRA) for evaluation and chat: greedy answers through the chat API
+    users chat with, and log-likelihoods of given replies under the same chat template."""
+
+    def __init__(self, model: str | Path, lora: str | Path | None = None, *, logits: bool = False, seed: int = 0,
+                 threads: tuple[int, int] = (0, 0), n_ctx: int = N_CTX):
+        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+        self.n_ctx = n_ctx
+        self.reused_tokens = self.evaluated_tokens = 0
+        self.llm = load_llama(model, n_ctx=n_ctx, lora_path=lora, seed=seed, logits_all=logits,
+                              n_threads=threads[0], n_threads_batch=threads[1])
+        template = self.llm.metadata.get("tokenizer.chat_template")
+        if not template:  # base students: the template training used (llama.cpp would guess another)
+            from ..batching import FALLBACK_CHAT_TEMPLATE
+
+            template = FALLBACK_CHAT_TEMPLATE
+        eos_id, bos_id = self.llm.token_eos(), self.llm.token_bos()
+        self.eos = self.llm.detokenize([eos_id], special=True).decode("utf-8", "replace") if eos_id >= 0 else ""
+        bos = self.llm.detokenize([bos_id], special=True).decode("utf-8", "replace") if bos_id >= 0 else ""
+        self._prompt_fmt = Jinja2ChatFormatter(template, self.eos, bos, add_generation_prompt=True)
+        self._full_fmt = Jinja2ChatFormatter(template, self.eos, bos, add_generation_prompt=False)
+
+    def answer(self, messages: list[dict], max_tokens: int) -> tuple[str, int]:
+        """Greedy answer and its token count, through ``create_chat_completion`` like ``valign chat``.
+
+        The context starts empty for every answer, so an answer never depends on which questions
+        came before it (a resumed evaluation reproduces an uninterrupted one)."""
+        self.llm.reset()
+        with quiet_native():
+            out = self.llm.create_chat_completion(messages=messages, max_tokens=max_tokens, **DECODING)
+        text = (out["choices"][0]["message"]["content"] or "").strip()
+        return text, int(out.get("usage", {}).get("completion_tokens", 0))
+
+    def stream(self, messages: list[dict], max_tokens: int) -> Iterator[str]:
+        """The greedy answer's text pieces as llama.cpp writes them (``valign chat``); the KV cache of a
+        conversation's earlier turns is reused."""
+        stream = self.llm.create_chat_completion(messages=messages, max_tokens=max_tokens, stream=True, **DECODING)
+        while True:
+            # Silence llama.cpp only while it computes: a piece yielded inside the redirect would be
+            # written by the caller to /dev/null.
+            with quiet_native():
+                part = next(stream, None)
+            if part is None:
+                return
+            piece = part["choices"][0]["delta"].get("content") or ""
+            if piece:
+                yield piece
+
+    def _tokens(self, text: str) -> list[int]:
+        return self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=True)
+
+    def _cached(self, tokens: list[int]) -> bool:
+        n = len(tokens)
+        return self.llm.n_tokens >= n and self.llm.input_ids[:n].tolist() == tokens
+
+    def reply_logprobs(self, messages: list[dict], replies: list[str],
+                       split_at: str | None = None) -> list[tuple[float, int] | None]:
+        """(summed log-probability, tokens) of each reply as the assistant's turn after ``messages``.
+
+        The prompt is tokenized as the chat API does and evaluated once; the replies share its KV
+        cache. With ``split_at``, the rendered prompt is cut before the first occurrence of that
+        text: the head is kept in the KV cache for the next call with the same head, the tail is
+        evaluated anew. Both halves are always evaluated the same way, so the numbers do not
+        depend on what was evaluated before. A reply's end-of-turn marker counts as one of its
+        tokens. Needs ``logits=True``."""
+        import numpy as np
+
+        prompt_text = self._prompt_fmt(messages=messages).prompt
+        cut = prompt_text.find(split_at) if split_at else -1
+        head = self._tokens(prompt_text[:cut]) if cut > 0 else []
+        prompt = head + self._tokens(prompt_text[cut:] if cut > 0 else prompt_text)
+        if len(prompt) >= self.n_ctx - 8:
+            return [None] * len(replies)
+        out: list[tuple[float, int] | None] = []
+        with quiet_native():
+            if head and self._cached(head):
+                self.llm.n_tokens = len(head)  # eval() drops the KV cache past this point
+                self.reused_tokens += len(head)
+            else:
+                self.llm.reset()
+                if head:
+                    self.llm.eval(head)
+            self.evaluated_tokens += len(prompt) - self.llm.n_tokens
+            self.llm.eval(prompt[self.llm.n_tokens:])
+            base = self.llm.n_tokens
+            for reply in replies:
+                full = self._full_fmt(messages=messages + [{"role": "assistant", "content": reply}]).prompt
+                cont = full[len(prompt_text):] if full.startswith(prompt_text) else reply + self.eos
+                if self.eos and self.eos in cont:
+                    cont = cont[: cont.index(self.eos) + len(self.eos)]
+                ids = self._tokens(cont)[: self.n_ctx - base]
+                if not ids:
+                    out.append(None)
+                    continue
+                self.llm.n_tokens = base  # drop the previous reply; the prompt's cache stays
+                self.llm.eval(ids)
+                logits = np.asarray(self.llm.scores[base - 1: base - 1 + len(ids)], dtype=np.float64)
+                top = logits.max(axis=1, keepdims=True)
+                logz = top[:, 0] + np.log(np.exp(logits - top).sum(axis=1))
+                out.append((float((logits[np.arange(len(ids)), ids] - logz).sum()), len(ids)))
+        return out
+
+    def close(self) -> None:
+        close = getattr(self.llm, "close", None)
+        if close is not None:
+            close()

@@ -27,9 +27,9 @@ class ChatSession:
 
     def __init__(self, gguf: Path, run_dir: Path | None = None, rag: bool = False, rag_top_k: int = 2,
                  max_tokens: int = 256):
-        from .backends.llama_cpp import load_llama
+        from .backends.llama_cpp import Runtime
 
-        self.llm = load_llama(gguf, n_ctx=2048)
+        self.runtime = Runtime(gguf)
         self.history: list[dict] = []
         self.max_tokens = max_tokens
         self.index = None
@@ -43,8 +43,6 @@ class ChatSession:
         self.rag_top_k = rag_top_k
 
     def ask(self, question: str):
-        from .backends.llama_cpp import quiet_native
-
         messages = list(self.history)
         if self.index is not None:
             from .retrieval import rag_messages
@@ -53,21 +51,15 @@ class ChatSession:
         else:
             messages.append({"role": "user", "content": question})
         answer = []
-        stream = self.llm.create_chat_completion(messages=messages, max_tokens=self.max_tokens, temperature=0.0,
-                                                 repeat_penalty=1.1, stream=True)
-        while True:
-            # Silence llama.cpp only while it computes: a piece yielded inside the redirect would be
-            # written by the caller to /dev/null.
-            with quiet_native():
-                part = next(stream, None)
-            if part is None:
-                break
-            piece = part["choices"][0]["delta"].get("content") or ""
-            if piece:
-                answer.append(piece)
-                yield piece
+        for piece in self.runtime.stream(messages, self.max_tokens):
+            answer.append(piece)
+            yield piece
         self.history += [{"role": "user", "content": question}, {"role": "assistant", "content": "".join(answer)}]
         self.history = self.history[-8:]  # keep the context small for small models
+
+    def close(self) -> None:
+        """Free the model now rather than when the session is collected."""
+        self.runtime.close()
 
 
 def chat_cli(target: Path, prompt: str | None = None, rag: bool = False, vanilla: bool = False,

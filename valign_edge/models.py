@@ -127,12 +127,3 @@ def verify_models() -> list[dict]:
         ok = sha256_file(path) == entry["sha256"]
         out.append({"name": name, "status": "ok" if ok else "MISMATCH", "path": str(path)})
     return out
-
-
-def gguf_metadata(path: Path) -> dict:
-    """The GGUF's key/value metadata through llama.cpp (vocab only: fast)."""
-    from .backends.llama_cpp import load_llama
-
-    llm = load_llama(path, vocab_only=True)
-    return dict(llm.metadata)
-
