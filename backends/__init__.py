@@ -12,13 +12,16 @@ import platform
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
+from ..config import CHOICES
 from ..errors import UserError
 from ..events import Callback
 
 
 class Teacher(Protocol):
+    """A chat model that writes the synthetic data (``llama_cpp.LlamaTeacher``)."""
+
     def generate(self, messages: list[dict], *, grammar: str | None = None, temperature: float = 0.0,
                  max_tokens: int = 256, seed: int | None = None) -> str: ...
 
@@ -26,14 +29,49 @@ class Teacher(Protocol):
 
 
 class Trainer(Protocol):
-    name: str
-    device: str
+    """A training backend: exactly what ``valign train``, ``valign export`` and their tests use.
 
-    def sft(self, run: Any, cfg: Any, emit: Callback) -> dict: ...
+    Both stages share one plan (``valign_edge.trainplan``): the same rows, token sequences, batches
+    and stage key on either backend; a trainer only runs the steps and writes the adapter.
+    """
 
-    def dpo(self, run: Any, cfg: Any, emit: Callback) -> dict: ...
+    name: str  # "torch" or "mlx": part of stage keys (the backends' numbers differ slightly)
+    device: str  # "cpu", "cuda", "mps" or "metal"
+    precision: str  # as resolved for the device (``precision_for``): part of stage keys
+    # Capability flags
+    micro_batching: bool  # a step runs in passes of ``train.micro_batch_tokens`` (lower peak memory)
 
-    def merge(self, run: Any, stage: str, out_dir: Path, emit: Callback) -> Path: ...
+    @staticmethod
+    def precision_for(setting: str, device: str) -> str:
+        """What ``train.precision`` (auto, fp32, bf16) means on ``device``; cheap (no model loaded)."""
+        ...
+
+    def base_dir(self, emit: Callback) -> Path:
+        """The student as a Hugging Face folder (safetensors), converted once from a GGUF if need be."""
+        ...
+
+    def load_tokenizer(self, base: Path) -> Any: ...
+
+    def sft(self, run: Any, emit: Callback, should_stop: Callable[[], bool] = ...) -> dict:
+        """LoRA SFT into ``run.adapter_dir("sft")``, resuming from its checkpoint; the stage's counts."""
+        ...
+
+    def dpo(self, run: Any, emit: Callback, should_stop: Callable[[], bool] = ...) -> dict:
+        """DPO continuing the SFT adapter into ``run.adapter_dir("dpo")``; the stage's counts."""
+        ...
+
+    def merge(self, run: Any, stage: str, out_dir: Path, emit: Callback) -> Path:
+        """Base + the stage's adapter merged into a Hugging Face folder with the tokenizer."""
+        ...
+
+    def peft_adapter(self, run: Any, stage: str) -> Path | None:
+        """The folder holding the stage's adapter in PEFT's format (what llama.cpp's LoRA converter
+        reads), or None when the backend could not write one."""
+        ...
+
+    def greedy(self, model_dir: Path, prompts: list[list[int]], n_tokens: int) -> list[list[int]]:
+        """Greedy continuations from a merged folder: the reference an exported GGUF must reproduce."""
+        ...
 
 
 @dataclass
@@ -55,8 +93,8 @@ def _installed(module: str) -> bool:
 
 def choose_backend(requested: str = "auto", device: str = "auto") -> BackendChoice:
     """auto: MLX on Apple Silicon, torch on CUDA, else torch on the CPU; say why."""
-    if requested not in ("auto", "torch", "mlx"):
-        raise UserError(f"unknown backend {requested!r} (known: auto, torch, mlx)")
+    if requested not in CHOICES["train.backend"]:
+        raise UserError(f"unknown backend {requested!r} (known: {', '.join(CHOICES['train.backend'])})")
     apple = sys.platform == "darwin" and platform.machine() == "arm64"
     if requested == "auto":
         if apple and _installed("mlx_lm"):
@@ -84,6 +122,11 @@ def choose_backend(requested: str = "auto", device: str = "auto") -> BackendChoi
     return BackendChoice("torch", device, "requested")
 
 
+def trainer_class(name: str) -> type:
+    """The registry's class for a backend name, imported now (its module imports no engine yet)."""
+    module, cls, _, _ = TRAINERS[name]
+    return getattr(importlib.import_module(module), cls)
+
+
 def load_trainer(choice: BackendChoice, cfg: Any) -> Trainer:
-    module, cls, _, _ = TRAINERS[choice.name]
-    return getattr(importlib.import_module(module), cls)(cfg, choice.device)
+    return trainer_class(choice.name)(cfg, choice.device)

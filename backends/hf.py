@@ -12,10 +12,11 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from ..errors import UserError
 from ..events import Callback, log, null_callback
-from ..models import CACHE_DIR, ModelRef
+from ..models import CACHE_DIR, ModelRef, model_id
 from ..workspace import require_free_disk
 
 
@@ -27,17 +28,11 @@ def quiet_transformers() -> None:
     hf_logging.set_verbosity_error()
 
 
-def _identity(ref: ModelRef) -> str:
-    from ..generate import model_id
-
-    return model_id(ref)
-
-
 def student_hf_dir(ref: ModelRef, emit: Callback = null_callback) -> Path:
     """An HF folder for ``ref``: the folder itself, or the cached conversion of a GGUF."""
     if ref.kind == "hf":
         return ref.path
-    target = CACHE_DIR / "students" / f"{ref.path.stem}-{_identity(ref)}"
+    target = CACHE_DIR / "students" / f"{ref.path.stem}-{model_id(ref)}"
     if (target / "config.json").exists() and any(target.glob("*.safetensors")):
         return target
     log(emit, "convert", f"converting {ref.path.name} to a safetensors folder (once; cached in {target})")
@@ -63,6 +58,7 @@ def student_hf_dir(ref: ModelRef, emit: Callback = null_callback) -> Path:
     try:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
+        _top_level_rope(tmp / "config.json")
         (tmp / "valign_source.json").write_text(json.dumps({"gguf": str(ref.path), "name": ref.name}))
         if target.exists():
             shutil.rmtree(target)
@@ -70,6 +66,31 @@ def student_hf_dir(ref: ModelRef, emit: Callback = null_callback) -> Path:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+def model_config_overrides(config: dict) -> dict:
+    """Settings mlx-lm must be told: transformers 5 writes RoPE as ``rope_parameters``,
+    which mlx-lm 0.32 does not read (it would silently use its default ``rope_theta``)."""
+    rope = config.get("rope_parameters")
+    if not isinstance(rope, dict) or "rope_theta" in config:
+        return {}
+    full = rope.get("full_attention", rope)
+    out: dict[str, Any] = {"rope_theta": full["rope_theta"]}
+    if "sliding_attention" in rope and "rope_theta" in rope["sliding_attention"]:
+        out["rope_local_base_freq"] = rope["sliding_attention"]["rope_theta"]
+    if full.get("rope_type", "default") != "default":
+        out["rope_scaling"] = {k: v for k, v in full.items() if k != "rope_theta"}
+    return out
+
+
+
+def _top_level_rope(path: Path) -> None:
+    """Also write ``rope_theta`` at the top of the cached folder's config, where plain
+    ``mlx_lm.load`` (and other readers of older configs) look for it."""
+    config = json.loads(path.read_text(encoding="utf-8"))
+    theta = model_config_overrides(config).get("rope_theta")
+    if theta is not None:
+        path.write_text(json.dumps(config | {"rope_theta": theta}, indent=2) + "\n", encoding="utf-8")
 
 
 def chat_template(hf_dir: Path) -> str | None:

@@ -14,11 +14,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .. import batching, datasets
+from .. import batching, trainplan
 from ..config import RunConfig
 from ..errors import Cancelled, UserError
 from ..events import Callback, Event, Progress, log
-from ..workspace import Run, atomic_write_text, hash_obj, peak_rss_mb
+from ..trainplan import StagePlan
+from ..workspace import Run, atomic_write_text, peak_rss_mb
 from .hf import load_tokenizer, student_dir
 
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -31,8 +32,23 @@ def cpu_has_amx() -> bool:
         return False
 
 
+def precision_for(setting: str, device: str) -> str:
+    """bf16 autocast where asked for, or (auto) where the hardware is fast at it; else fp32."""
+    if setting == "auto" and device == "cuda":
+        import torch
+
+        return "bf16-autocast" if torch.cuda.is_bf16_supported() else "fp32"
+    if setting == "bf16" or (setting == "auto" and device == "cpu" and cpu_has_amx()):
+        return "bf16-autocast"
+    return "fp32"
+
+
 class TorchTrainer:
+    """The ``Trainer`` protocol (``backends/__init__.py``) on transformers + PEFT."""
+
     name = "torch"
+    micro_batching = True
+    precision_for = staticmethod(precision_for)
 
     def __init__(self, cfg: RunConfig, device: str = "cpu"):
         import warnings
@@ -50,12 +66,8 @@ class TorchTrainer:
             from ..cpu import compute_threads
 
             torch.set_num_threads(tc.threads or compute_threads())
-        if tc.precision == "bf16" or (tc.precision == "auto" and (
-                (device == "cpu" and cpu_has_amx()) or (device == "cuda" and torch.cuda.is_bf16_supported()))):
-            self.autocast_dtype = torch.bfloat16
-        else:
-            self.autocast_dtype = None
-        self.precision = "bf16-autocast" if self.autocast_dtype else "fp32"
+        self.precision = precision_for(tc.precision, device)
+        self.autocast_dtype = torch.bfloat16 if self.precision == "bf16-autocast" else None
 
     # --- loading -----------------------------------------------------------------
     def base_dir(self, emit: Callback) -> Path:
@@ -121,7 +133,7 @@ class TorchTrainer:
         return torch.stack(sums), counts
 
     # --- checkpoints ------------------------------------------------------------------
-    def _save_checkpoint(self, model, optimizer, out: Path, step: int, key: str, extra: dict | None = None) -> None:
+    def _save_checkpoint(self, model, optimizer, out: Path, step: int, key: str) -> None:
         from safetensors.torch import save_file
 
         ckpt = out / "checkpoint"
@@ -133,7 +145,7 @@ class TorchTrainer:
                    for name, v in st.items()}
         save_file(tensors, tmp / "optimizer.safetensors")
         (tmp / "trainer_state.json").write_text(json.dumps(
-            {"step": step, "key": key, "param_groups": state["param_groups"], **(extra or {})}))
+            {"step": step, "key": key, "param_groups": state["param_groups"]}))
         if ckpt.exists():
             import shutil
 
@@ -174,13 +186,13 @@ class TorchTrainer:
         os.replace(tmp, out)
 
     # --- the loop ------------------------------------------------------------------------
-    def _loop(self, stage: str, model, batches: list[list[int]], lengths: list[int], lr: float, out: Path,
-              key: str, step_fn, emit: Callback, should_stop, extra_state: dict | None = None) -> dict:
+    def _loop(self, stage: str, model, plan: StagePlan, out: Path, step_fn, emit: Callback, should_stop) -> dict:
         """``step_fn(part)`` returns (mean loss over its units, tokens, metrics, units); a step runs one
         pass per micro-batch and averages over all units, so the update equals one big pass."""
         import torch
 
         tc = self.cfg.train
+        batches, lengths, lr, key = plan.batches, plan.lengths, plan.lr, plan.key
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
         start = self._load_checkpoint(model, optimizer, out, key)
@@ -191,7 +203,7 @@ class TorchTrainer:
         model.train()
         for step in range(start, len(batches)):
             if should_stop():
-                self._save_checkpoint(model, optimizer, out, step, key, extra_state)
+                self._save_checkpoint(model, optimizer, out, step, key)
                 raise Cancelled(f"{stage} cancelled at step {step}")
             for group in optimizer.param_groups:
                 group["lr"] = batching.lr_at(step, len(batches), tc.warmup_steps, lr)
@@ -207,7 +219,7 @@ class TorchTrainer:
             emit(Event("metric", stage, data=row))
             progress.update(1, loss=row["loss"], tok_s=row["tokens_per_s"])
             if (step + 1) % tc.checkpoint_every == 0 and step + 1 < len(batches):
-                self._save_checkpoint(model, optimizer, out, step + 1, key, extra_state)
+                self._save_checkpoint(model, optimizer, out, step + 1, key)
         return {"steps": len(batches), "resumed_from": start, "tokens": tokens,
                 "seconds": round(time.monotonic() - t0, 2), "history": history,
                 "final_loss": history[-1]["loss"] if history else None}
@@ -236,20 +248,13 @@ class TorchTrainer:
         from peft import get_peft_model
 
         tc = self.cfg.train
-        rows = datasets.load(run, "sft", "train")
-        if not rows:
-            raise UserError(f"{run.root} has no SFT training data; run: valign generate DOC --out {run.root}")
         base = self.base_dir(emit)
         tok = self.load_tokenizer(base)
-        examples = batching.encode_sft(tok, rows, tc.max_seq_len)
-        lengths = [len(e) for e in examples]
-        per_epoch = len(batching.bucket_batches(lengths, tc.batch_tokens, self.cfg.seed, 0))
-        total = batching.plan_steps(per_epoch, tc.sft_epochs, tc.max_steps)
-        batches = batching.step_batches(lengths, tc.batch_tokens, self.cfg.seed, total)
-        key = hash_obj([rows, vars(tc), str(base), self.cfg.seed])
+        plan = trainplan.plan(run, self.cfg, "sft", tok, self.name, self.precision)
+        examples = plan.items
         torch.manual_seed(self.cfg.seed)
         model = get_peft_model(self.load_base(base), self.lora_config())
-        log(emit, "train_sft", f"{len(examples)} examples, {total} steps, LoRA r={tc.lora_rank}, "
+        log(emit, "train_sft", f"{len(examples)} examples, {plan.steps} steps, LoRA r={tc.lora_rank}, "
                                f"{self.device} {self.precision}")
         out = run.adapter_dir("sft")
 
@@ -268,10 +273,9 @@ class TorchTrainer:
             loss = torch.nn.functional.cross_entropy(shift_logits[keep].float(), shift_labels[keep])
             return loss, int(mask.sum()), {}, int(keep.sum())
 
-        result = self._loop("train_sft", model, batches, lengths, tc.sft_lr, out, key, step_fn, emit, should_stop)
+        result = self._loop("train_sft", model, plan, out, step_fn, emit, should_stop)
         result.update(examples=len(examples), precision=self.precision, device=self.device, base=str(base),
-                      padding_share=round(1 - sum(lengths[i] for b in batches for i in b) /
-                                          sum(max(lengths[i] for i in b) * len(b) for b in batches), 4))
+                      padding_share=plan.padding_share())
         self._finish(model, out, result)
         return result
 
@@ -283,20 +287,13 @@ class TorchTrainer:
         from safetensors.torch import load_file, save_file
 
         tc = self.cfg.train
-        rows = datasets.load(run, "dpo", "train")
         sft_dir = run.adapter_dir("sft")
         if not (sft_dir / "adapter_config.json").exists():
             raise UserError(f"{run.root} has no SFT adapter yet; run: valign train {run.root}")
-        if not rows:
-            raise UserError(f"{run.root} has no DPO training data (no value-bearing chunks produced pairs)")
         base = self.base_dir(emit)
         tok = self.load_tokenizer(base)
-        pairs = batching.encode_dpo(tok, rows, tc.max_seq_len)
-        lengths = [2 * len(p) for p in pairs]
-        per_epoch = len(batching.bucket_batches(lengths, tc.batch_tokens, self.cfg.seed, 0))
-        total = batching.plan_steps(per_epoch, tc.dpo_epochs, tc.max_steps)
-        batches = batching.step_batches(lengths, tc.batch_tokens, self.cfg.seed + 1, total)
-        key = hash_obj([rows, vars(tc), str(base), self.cfg.seed, (sft_dir / "adapter_model.safetensors").stat().st_mtime])
+        plan = trainplan.plan(run, self.cfg, "dpo", tok, self.name, self.precision)
+        pairs, key = plan.items, plan.key
         torch.manual_seed(self.cfg.seed)
         # The policy continues the SFT adapter, so the final adapter applies to the original base
         # (usable as a GGUF LoRA over the base GGUF); at step 0 it *is* the SFT model, the reference.
@@ -331,7 +328,7 @@ class TorchTrainer:
                     rp.update(len(idx))
             save_file({"logps": ref.contiguous()}, str(ref_path))
             atomic_write_text(out / "reference.json", json.dumps({"key": key}))
-        log(emit, "train_dpo", f"{len(pairs)} pairs, {total} steps, beta={tc.dpo_beta}, reference log-probs "
+        log(emit, "train_dpo", f"{len(pairs)} pairs, {plan.steps} steps, beta={tc.dpo_beta}, reference log-probs "
                                f"precomputed (no second model)")
         beta = tc.dpo_beta
 
@@ -343,7 +340,7 @@ class TorchTrainer:
             accuracy = (margin > 0).float().mean().item()
             return loss, n_tokens, {"reward_accuracy": accuracy, "margin": beta * margin.mean().item()}, len(batch)
 
-        result = self._loop("train_dpo", model, batches, lengths, tc.dpo_lr, out, key, step_fn, emit, should_stop)
+        result = self._loop("train_dpo", model, plan, out, step_fn, emit, should_stop)
         result.update(pairs=len(pairs), beta=beta, precision=self.precision, device=self.device, base=str(base))
         self._finish(model, out, result)
         # ``_finish`` replaced the folder: keep the reference log-probs beside the adapter.
@@ -362,6 +359,10 @@ class TorchTrainer:
         model.save_pretrained(out_dir, safe_serialization=True)
         tok.save_pretrained(out_dir)
         return out_dir
+
+    def peft_adapter(self, run: Run, stage: str) -> Path | None:
+        folder = run.adapter_dir(stage)
+        return folder if (folder / "adapter_model.safetensors").exists() else None
 
     def greedy(self, model_dir: Path, prompts: list[list[int]], n_tokens: int) -> list[list[int]]:
         """Greedy continuations from a merged folder, the reference the GGUF must reproduce."""

@@ -218,6 +218,9 @@ def cmd_models(args) -> int:
         print(f"{row['name']:<24} {','.join(row['roles']):<22} {row['size_mb'] or '?':>4} MB  "
               f"{row['license']:<20} {state}")
         print(f"{'':<24} {row['description']}")
+    from .stores import print_local_models
+
+    print_local_models()
     return 0
 
 

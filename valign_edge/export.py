@@ -17,15 +17,16 @@ import sys
 from pathlib import Path
 
 from . import datasets, models
-from .backends import choose_backend, load_trainer
-from .config import RunConfig
+from .backends import Trainer, choose_backend, load_trainer
+from .backends.llama_cpp import greedy_tokens as gguf_greedy
+from .backends.llama_cpp import quantize_gguf
+from .config import CHOICES, RunConfig
 from .errors import UserError
 from .events import Callback, Event, Progress, log
-from .workspace import Run, atomic_write_text, hash_file, hash_obj, write_json
+from .trainplan import STAGES, adapter_hash
+from .workspace import Run, atomic_write_text, hash_obj, write_json
 
 LLAMA_CPP_VERSION = "0.3.36"
-QUANT_FTYPES = {"q8_0": "LLAMA_FTYPE_MOSTLY_Q8_0", "q4_k_m": "LLAMA_FTYPE_MOSTLY_Q4_K_M",
-                "q4_0": "LLAMA_FTYPE_MOSTLY_Q4_0", "f16": "LLAMA_FTYPE_MOSTLY_F16"}
 
 
 def converters_dir() -> Path:
@@ -48,42 +49,12 @@ def run_converter(script: str, args: list[str], log_path: Path) -> None:
 
 
 def quantize(src: Path, dst: Path, quant: str) -> None:
+    tmp = dst.with_suffix(".tmp")  # a killed write must not leave a cut-off model under the final name
     if quant == "f16":
-        tmp = dst.with_suffix(".tmp")
         shutil.copyfile(src, tmp)
-        tmp.replace(dst)  # a killed copy must not leave a cut-off model under the final name
-        return
-    import llama_cpp
-
-    from .backends.llama_cpp import quiet_native
-
-    params = llama_cpp.llama_model_quantize_default_params()
-    params.ftype = getattr(llama_cpp, QUANT_FTYPES[quant])
-    params.nthread = 0
-    tmp = dst.with_suffix(".tmp")
-    with quiet_native():
-        rc = llama_cpp.llama_model_quantize(str(src).encode(), str(tmp).encode(), params)
-    if rc != 0:
-        raise UserError(f"quantizing {src.name} to {quant} failed")
+    else:
+        quantize_gguf(src, tmp, quant)
     tmp.replace(dst)
-
-
-def gguf_greedy(path: Path, prompts: list[list[int]], n_tokens: int, lora: Path | None = None) -> list[list[int]]:
-    """Greedy continuations of token-id prompts through llama.cpp."""
-    from .backends.llama_cpp import load_llama
-
-    llm = load_llama(path, n_ctx=1024, lora_path=lora)
-    eos = llm.token_eos()
-    outs = []
-    for ids in prompts:
-        llm.reset()
-        out: list[int] = []
-        for tok in llm.generate(ids, top_k=1, top_p=1.0, temp=0.0, repeat_penalty=1.0, reset=True):
-            if tok == eos or len(out) >= n_tokens:
-                break
-            out.append(tok)
-        outs.append(out)
-    return outs
 
 
 def agreement(a: list[list[int]], b: list[list[int]]) -> dict:
@@ -118,16 +89,15 @@ def _check_disk(run: Run, base_dir: Path, quant: str) -> None:
 
 def export(run: Run, cfg: RunConfig, emit: Callback) -> dict:
     quant = cfg.export.quant
-    if quant not in QUANT_FTYPES:
-        raise UserError(f"unknown quantization {quant!r} (known: {', '.join(QUANT_FTYPES)})")
+    if quant not in CHOICES["export.quant"]:
+        raise UserError(f"unknown quantization {quant!r} (known: {', '.join(CHOICES['export.quant'])})")
     for stage in ("sft", "dpo"):
         if not (run.adapter_dir(stage) / "training.json").exists():
             raise UserError(f"{run.root} has no trained {stage.upper()} adapter; run: valign train {run.root}")
     choice = choose_backend(cfg.train.backend, cfg.train.device)
     trainer = load_trainer(choice, cfg)
     base_dir = trainer.base_dir(emit)
-    adapters = [hash_file(p) for s in ("sft", "dpo") for p in sorted(run.adapter_dir(s).glob("*.safetensors"))
-                if p.name != "reference_logps.safetensors"]
+    adapters = [adapter_hash(run.adapter_dir(stage)) for stage in STAGES]
     key = hash_obj([adapters, vars(cfg.export), cfg.student, choice.name])
     out = run.export_dir
     model_path = out / f"model-{quant}.gguf"
@@ -165,10 +135,8 @@ def export(run: Run, cfg: RunConfig, emit: Callback) -> dict:
         quantize(base_f16, out / f"base-{quant}.gguf", quant)
         progress.update(1, "base converted")
         for stage, name in (("dpo", "adapter.gguf"), ("sft", "adapter-sft.gguf")):
-            adapter_dir = run.adapter_dir(stage)
-            if (adapter_dir / "peft" / "adapter_model.safetensors").exists():
-                adapter_dir = adapter_dir / "peft"  # the MLX backend's PEFT-format copy of its adapter
-            if (adapter_dir / "adapter_model.safetensors").exists():
+            adapter_dir = trainer.peft_adapter(run, stage)
+            if adapter_dir is not None:
                 # Converted in work/ and moved into place whole: a kill mid-write leaves no cut-off GGUF.
                 run_converter("convert_lora_to_gguf.py", [str(adapter_dir), "--base", str(base_dir), "--outfile",
                                                           str(work / name), "--outtype", "f16"], logs)
@@ -188,7 +156,7 @@ def export(run: Run, cfg: RunConfig, emit: Callback) -> dict:
     return {"model": str(model_path), "verified": verify["passed"]}
 
 
-def _verify(run: Run, trainer, merged: Path, f16: Path, model_path: Path, quant: str, cfg: RunConfig) -> dict:
+def _verify(run: Run, trainer: Trainer, merged: Path, f16: Path, model_path: Path, quant: str, cfg: RunConfig) -> dict:
     """Greedy tokens of the GGUF files against the merged model on prompts from the test split."""
     from transformers import AutoTokenizer
 

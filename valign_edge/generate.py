@@ -12,16 +12,9 @@ from .config import RunConfig, to_toml
 from .errors import UserError
 from .events import Callback, Event, log
 from .ingest import load_page_starts, read_document, save_page_starts
+from .models import model_id  # lives in models.py; still importable from here
 from .synth import synth_key, synthesize
 from .workspace import Run, atomic_write_text, hash_obj, require_free_disk, write_jsonl
-
-
-def model_id(ref: models.ModelRef) -> str:
-    """Identify weights without hashing gigabytes: catalog hash, else name + size + mtime."""
-    if ref.preset.get("sha256"):
-        return ref.preset["sha256"][:16]
-    st = ref.path.stat()
-    return hash_obj([str(ref.path.resolve()), st.st_size, int(st.st_mtime)])
 
 
 def save_config(run: Run, cfg: RunConfig, student_checked: bool = False) -> None:

@@ -70,7 +70,14 @@ def check_gguf(path: Path) -> None:
 
 
 def resolve(spec: str, role: str = "model") -> ModelRef:
-    """A preset name, a GGUF file or an HF folder (with config.json and safetensors) -> ModelRef."""
+    """A preset name, a GGUF in a local store (``stores``), a GGUF file or an HF folder (with config.json
+    and safetensors) -> ModelRef."""
+    from . import stores
+
+    if stores.is_store_name(spec):  # ollama:NAME:TAG, lmstudio:..., hf:...: a GGUF read in place
+        path = stores.resolve(spec, role)
+        check_gguf(path)
+        return ModelRef(spec, path, "gguf")
     entries = catalog()
     if spec in entries:
         entry = entries[spec]

@@ -4,22 +4,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .backends import choose_backend, load_trainer
+from . import trainplan
+from .backends import Trainer, choose_backend, load_trainer, trainer_class
 from .config import RunConfig
 from .errors import UserError
 from .events import Callback, Event, log
 from .generate import save_config
-from .workspace import Run, available_memory_bytes, hash_file, hash_obj, read_jsonl, require_free_disk
+from .trainplan import STAGES
+from .workspace import Run, available_memory_bytes, read_jsonl, require_free_disk
 
 
-def _data_hash(run: Run, kind: str) -> str:
-    path = run.split_path(kind, "train")
-    if not path.exists():
-        raise UserError(f"{run.root} has no {kind.upper()} data; run: valign generate DOC --out {run.root}")
-    return hash_file(path)
-
-
-def training_memory_bytes(base: Path, tc, backend: str = "torch") -> int:
+def training_memory_bytes(base: Path, tc, micro_batching: bool = True) -> int:
     """A rough peak for LoRA training of the student in ``base`` (safetensors folder): weights and a
     low-precision copy, one batch's logits (large: the vocabulary) and the activations kept for backward."""
     import json
@@ -33,20 +28,20 @@ def training_memory_bytes(base: Path, tc, backend: str = "torch") -> int:
     vocab, hidden = conf.get("vocab_size", 32000), conf.get("hidden_size", 2048)
     layers = conf.get("num_hidden_layers", 16)
     tokens = tc.batch_tokens
-    if backend == "torch" and tc.micro_batch_tokens > 0:  # one micro-batch's activations at a time
+    if micro_batching and tc.micro_batch_tokens > 0:  # one micro-batch's activations at a time
         tokens = min(tokens, tc.micro_batch_tokens)
     tokens = max(tokens, tc.max_seq_len)
     return int(weights * 1.5 + tokens * vocab * 4 * 3 + tokens * hidden * layers * 4 * 20 + 500e6)
 
 
-def check_resources(run: Run, base: Path, cfg: RunConfig, backend: str, device: str) -> None:
+def check_resources(run: Run, base: Path, cfg: RunConfig, trainer: Trainer) -> None:
     """Fail early, in one line, when the disk or the memory cannot hold the training."""
     weights = sum(p.stat().st_size for p in base.glob("*.safetensors"))
     # adapters, their checkpoints (adapter + optimizer state) and the temporary final copy
     require_free_disk(run.root, weights * 0.25 + 32e6, "training checkpoints and adapters")
-    if device != "cpu":
+    if trainer.device != "cpu":
         return
-    need, available = training_memory_bytes(base, cfg.train, backend), available_memory_bytes()
+    need, available = training_memory_bytes(base, cfg.train, trainer.micro_batching), available_memory_bytes()
     if available is not None and need > available:
         raise UserError(f"training needs about {need / 1e9:.1f} GB of memory, {available / 1e9:.1f} GB is available; "
                         f"lower train.micro_batch_tokens (now {cfg.train.micro_batch_tokens}) or train.batch_tokens, "
@@ -54,31 +49,38 @@ def check_resources(run: Run, base: Path, cfg: RunConfig, backend: str, device: 
 
 
 def train(run: Run, cfg: RunConfig, emit: Callback, should_stop=lambda: False) -> dict:
-    """SFT then DPO; each stage is skipped when its data and settings are unchanged."""
-    sft_data, dpo_data = _data_hash(run, "sft"), _data_hash(run, "dpo")
+    """SFT then DPO; each stage is skipped when its key (``trainplan.stage_key``) is unchanged."""
+    for stage in STAGES:
+        trainplan.data_hash(run, stage)  # both datasets exist before anything trains
     choice = choose_backend(cfg.train.backend, cfg.train.device)
     log(emit, "train", f"backend {choice.name} on {choice.device} ({choice.reason})")
-    base = [cfg.student, cfg.seed, vars(cfg.train) | {"backend": choice.name}]
-    sft_key = hash_obj([sft_data, base])
-    dpo_key = hash_obj([dpo_data, sft_key])
-    trainer = None
-    for stage, key, method in (("train_sft", sft_key, "sft"), ("train_dpo", dpo_key, "dpo")):
-        if run.is_done(stage, key) and (run.adapter_dir(method) / "adapter_config.json").exists():
-            log(emit, stage, f"{stage}: up to date, skipped")
-            continue
-        if trainer is None:
-            trainer = load_trainer(choice, cfg)
+    precision = trainer_class(choice.name).precision_for(cfg.train.precision, choice.device)
+    loaded: list[Trainer] = []
+
+    def trainer() -> Trainer:
+        if not loaded:
+            loaded.append(load_trainer(choice, cfg))
             # Validate the student and the machine before a stage is marked started, so a bad
             # --student or a too-small machine leaves a finished run exactly as it was.
-            check_resources(run, trainer.base_dir(emit), cfg, choice.name, choice.device)
+            check_resources(run, loaded[0].base_dir(emit), cfg, loaded[0])
             save_config(run, cfg, student_checked=True)
-        emit(Event("stage", stage, f"{method.upper()} with {choice.name} on {choice.device}"))
-        with run.stage(stage, key, {"data": sft_data if method == "sft" else dpo_data}) as result:
-            if method == "dpo" and not read_jsonl(run.split_path("dpo", "train")):
+        return loaded[0]
+
+    for stage in STAGES:
+        name = f"train_{stage}"
+        # DPO's key holds the SFT adapter's hash: computed once SFT is done.
+        key = trainplan.stage_key(run, cfg, stage, choice.name, precision)
+        if run.is_done(name, key) and (run.adapter_dir(stage) / "adapter_config.json").exists():
+            log(emit, name, f"{name}: up to date, skipped")
+            continue
+        t = trainer()
+        emit(Event("stage", name, f"{stage.upper()} with {choice.name} on {choice.device}"))
+        with run.stage(name, key, {"data": trainplan.data_hash(run, stage)}) as result:
+            if stage == "dpo" and not read_jsonl(run.split_path("dpo", "train")):
                 _sft_as_dpo(run, emit)
                 result.update(skipped="no preference pairs", backend=choice.name)
                 continue
-            out = getattr(trainer, method)(run, emit, should_stop)
+            out = t.sft(run, emit, should_stop) if stage == "sft" else t.dpo(run, emit, should_stop)
             result.update({k: v for k, v in out.items() if k != "history"}, backend=choice.name)
     return {"sft": str(run.adapter_dir("sft")), "dpo": str(run.adapter_dir("dpo")), "backend": choice.name,
             "device": choice.device}

@@ -123,6 +123,13 @@ class StartScreen(ValignScreen):
         except Exception as exc:  # noqa: BLE001
             self.valign.show_error(exc, "Model catalog")
             self._models = []
+        from valign_edge.stores import human_params, local_models
+
+        # GGUF models already on the machine (Ollama, LM Studio, HF cache, VALIGN_MODELS_PATH), read in place
+        self._models += [{"name": m.name, "roles": ["teacher", "student"] if m.chat_template else ["student"],
+                          "size_mb": round(m.size / 1e6), "installed": True, "install": "",
+                          "license": f"{m.architecture} {human_params(m.parameters)} {m.quantization}"}
+                         for m in local_models() if not m.error]
 
     def _model_options(self, role: str, default: str) -> tuple[list[tuple[str, str]], str]:
         rows = [m for m in self._models if role in m["roles"]]
