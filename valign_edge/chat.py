@@ -91,8 +91,14 @@ def chat_cli(target: Path, prompt: str | None = None, rag: bool = False, vanilla
 
 
 def side_by_side(run, cfg, question: str | None = None) -> None:
-    """Print one answer of the aligned model next to the vanilla model's answer to the same question."""
+    """The measured effect on the document's shipped probe (vanilla vs aligned, with n and intervals, and
+    three fixed probe questions side by side) when there is one; else one answer of the aligned model
+    next to the vanilla model's answer to the same question."""
     from .datasets import load
+    from .eval_demo import show_measured_effect
+
+    if question is None and show_measured_effect(run, cfg):
+        return
 
     if question is None:
         rows = load(run, "sft", "test") or load(run, "sft", "train")

@@ -173,7 +173,8 @@ def cmd_run(args) -> int:
     if args.show_example:
         from .chat import side_by_side
 
-        side_by_side(run, cfg)
+        with run.lock():  # the measured example writes to the run's evaluation caches
+            side_by_side(run, cfg)
     return 0
 
 
@@ -190,7 +191,7 @@ def cmd_eval(args) -> int:
     emit, sink = _emitter(run)
     with run.lock():
         try:
-            report = evaluate(run, cfg, emit, doc=args.doc)
+            report = evaluate(run, cfg, emit, doc=args.doc, probes=args.probe)
         finally:
             sink.close()
     print((run.eval_dir / "report.md").read_text(encoding="utf-8"))
@@ -268,7 +269,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("document", type=Path, help="value document (.txt, .md, .html, .pdf, .docx)")
     p.add_argument("--out", type=Path, required=True, help="run folder (created private to you)")
     p.add_argument("--eval", action="store_true", help="also run the evaluation stage")
-    p.add_argument("--show-example", action="store_true", help="end with one aligned vs vanilla answer")
+    p.add_argument("--show-example", action="store_true",
+                   help="end with the measured effect (vanilla vs aligned on the document's shipped probe, "
+                        "when there is one) and answers side by side")
 
     p = verb("generate", cmd_generate, "chunk a document and have the teacher write SFT and DPO data")
     p.add_argument("document", type=Path, help="value document (.txt, .md, .html, .pdf, .docx)")
@@ -283,6 +286,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = verb("eval", cmd_eval, "compare vanilla, RAG, SFT and SFT+DPO on held-out questions")
     p.add_argument("run", type=Path, nargs="?", help="run folder with exported models")
     p.add_argument("--doc", type=Path, help="evaluate on questions generated from another document")
+    p.add_argument("--probe", type=Path, action="append", metavar="FILE.jsonl",
+                   help="a hand-written probe set (rows {prompt, chosen, rejected} or {question, reference}); "
+                        "repeatable; default: eval.probe, or the shipped probe of a shipped document")
     p.add_argument("--compare", nargs="+", metavar="RUN", help="print the reports of several runs side by side")
 
     p = verb("chat", cmd_chat, "chat with an exported model (streaming)", config=False)

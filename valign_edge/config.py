@@ -84,6 +84,8 @@ class EvalConfig:
     judge_tie_margin: float = opt(0.1, "logits judge: debiased margins (nats) below this are ties")
     systems: str = opt("vanilla,rag,sft,dpo,dpo_rag", "systems to compare (comma-separated; dpo is always in)")
     splits: str = opt("test", "held-out splits to evaluate on: test, or test,valid (training never reads valid)")
+    probe: str = opt("", "hand-written probe file(s) (.jsonl, comma-separated) to evaluate on; empty: the shipped "
+                         "probe when the document is a shipped one; none: no probe")
     ref_judge_margin: float = opt(0.01, "reference judge: closeness differences below this are ties")
     bootstrap: int = opt(1000, "bootstrap resamples for the metric intervals")
     n_threads: int = opt(0, "llama.cpp decode threads for answers and the judge (0: auto, 1 on a busy machine)")

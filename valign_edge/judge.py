@@ -16,6 +16,10 @@ score for the system on the question:
 The win rate is the mean score over questions, with a Wilson 95% interval over the
 questions (ties count half).
 
+The judge's position bias (how often it picks the first answer shown) and order agreement (how
+often its two orders agree) are reported beside its win rates; below half agreement its win rates
+are marked unreliable.
+
 The reference judge asks which answer is closer to the grounded reference answer (the
 mean of ROUGE-L F1 and BERTScore F1), with differences under a margin counted as ties; it
 gives a meaningful comparison even when the judge model is tiny.
@@ -63,6 +67,16 @@ def summarize(scores: list[float], verdicts: list[tuple[str, str]] | None = None
         consistent = sum(1 for a, b in verdicts if (a, b) in (("A", "B"), ("B", "A"), ("tie", "tie")))
         out["order_consistency"] = consistent / len(verdicts)
     return out
+
+
+MIN_ORDER_AGREEMENT = 0.5  # below this the judge model's win rates are marked unreliable
+
+
+def reliable(order_consistency: float | None) -> bool | None:
+    """Whether a judge whose two answer orders agreed this often can be trusted (None: not measured).
+    A judge that mostly keeps its verdict when the answers swap places is judging the answers; one
+    that mostly flips it is judging the positions."""
+    return None if order_consistency is None else order_consistency >= MIN_ORDER_AGREEMENT
 
 
 def likeliest(logprobs: dict) -> str:

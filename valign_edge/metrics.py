@@ -135,3 +135,31 @@ def bootstrap_ci(values: Sequence, stat: Callable[[list], float] | None = None, 
 
 def mean(values: Sequence[float]) -> float | None:
     return float(sum(values) / len(values)) if len(values) else None
+
+
+# --- preference pairs ------------------------------------------------------------------------
+
+def preference_margin(row: dict) -> float | None:
+    """Mean log-probability per token of the chosen answer minus that of the rejected one (nats/token)."""
+    if row.get("chosen_logprob") is None or row.get("rejected_logprob") is None:
+        return None
+    if not row.get("chosen_tokens") or not row.get("rejected_tokens"):
+        return None
+    return row["chosen_logprob"] / row["chosen_tokens"] - row["rejected_logprob"] / row["rejected_tokens"]
+
+
+def preference_summary(rows: Sequence[dict], resamples: int = 1000, seed: int = 0) -> dict:
+    """Accuracy (a tie counts half) with its Wilson interval, and the mean length-normalized margin with a
+    bootstrap interval, from per-pair ``{chosen,rejected}_{logprob,tokens}`` rows. Pairs whose log-probability
+    could not be computed (did not fit the context) are counted as ``skipped``, not scored."""
+    margins = [m for m in (preference_margin(r) for r in rows) if m is not None]
+    correct = sum(1.0 if m > 0 else 0.5 if m == 0 else 0.0 for m in margins)
+    summed = [r["chosen_logprob"] - r["rejected_logprob"] for r in rows
+              if r.get("chosen_logprob") is not None and r.get("rejected_logprob") is not None]
+    n = len(margins)
+    return {"accuracy": correct / n if n else None, "ci95": list(wilson(correct, n)) if n else None,
+            "correct": correct, "n": n, "skipped": len(rows) - n,
+            "mean_margin": mean(margins), "margin_ci95": list(bootstrap_ci(margins, resamples=resamples, seed=seed))
+            if n else None, "margins": [round(m, 4) for m in margins],
+            # without length normalization, for comparison with DPO's own (summed) reward
+            "accuracy_unnormalized": (sum(m > 0 for m in summed) / len(summed)) if summed else None}

@@ -19,8 +19,9 @@ DOC_SUFFIXES = {".txt", ".md", ".markdown", ".text", ".rst", ".html", ".htm", ".
 class DocumentTree(DirectoryTree):
     """A directory tree that lists folders and, unless ``folders_only``, value documents."""
 
-    def __init__(self, path: Path, folders_only: bool, **kwargs):
+    def __init__(self, path: Path, folders_only: bool, suffixes: set[str] | None = None, **kwargs):
         self.folders_only = folders_only
+        self.suffixes = suffixes or DOC_SUFFIXES
         super().__init__(path, **kwargs)
 
     def filter_paths(self, paths: Iterable[Path]) -> Iterable[Path]:
@@ -32,26 +33,26 @@ class DocumentTree(DirectoryTree):
                 is_dir = path.is_dir()
             except OSError:
                 continue
-            if is_dir or (not self.folders_only and path.suffix.lower() in DOC_SUFFIXES):
+            if is_dir or (not self.folders_only and path.suffix.lower() in self.suffixes):
                 out.append(path)
         return out
 
 
 class PathPicker(ModalScreen[Path | None]):
-    """Pick a document (``folders=False``) or a run folder (``folders=True``)."""
+    """Pick a document (``folders=False``; other files with ``suffixes``) or a run folder (``folders=True``)."""
 
     BINDINGS: ClassVar[list[BindingType]] = [Binding("escape", "cancel", "Cancel", id="picker.cancel")]
 
-    def __init__(self, title: str, folders: bool, start: Path | None = None):
+    def __init__(self, title: str, folders: bool, start: Path | None = None, suffixes: set[str] | None = None):
         super().__init__()
-        self.title_text, self.folders = title, folders
+        self.title_text, self.folders, self.suffixes = title, folders, suffixes
         self.start = start or Path.cwd()
 
     def compose(self) -> ComposeResult:
         with Vertical(id="picker", classes="dialog"):
             yield Label(self.title_text, classes="dialog-title")
             yield Input(placeholder="type a path or pick one below", id="picker-path", compact=True)
-            yield DocumentTree(self.start, self.folders, id="picker-tree")
+            yield DocumentTree(self.start, self.folders, self.suffixes, id="picker-tree")
             yield Static("", id="picker-error", classes="field-info")
             with Horizontal(classes="dialog-buttons"):
                 yield Button("Choose", id="picker-choose", variant="primary", compact=True)

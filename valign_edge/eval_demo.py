@@ -1,0 +1,102 @@
+"""The end of ``make demo``: what alignment measurably changed, on the document's shipped probe.
+
+Vanilla against the aligned model (``dpo``): preference accuracy on the probe's preference rows, with
+n and 95% intervals, computed by the same code as ``valign eval --probe`` (and cached with it), then
+both models' answers to three of the probe's questions, side by side. The three questions are fixed
+here, before any run, by id: they are not picked for looking good.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+from . import metrics
+from .config import RunConfig
+from .eval_answers import generate_answers, preference_scores
+from .eval_evidence import assess_cell
+from .eval_probes import Probe, load_probe, shipped_probe_for_run
+from .eval_systems import BASELINE_SYSTEM, REFERENCE_SYSTEM, Context, Retriever, find_systems, system_keys
+from .events import Callback, null_callback
+from .runtime import auto_threads
+from .workspace import Run, read_jsonl
+
+DEMO_QUESTIONS = {"code_of_conduct": ("coc-a01", "coc-a02", "coc-a03")}
+LABELS = {BASELINE_SYSTEM: "vanilla", REFERENCE_SYSTEM: "aligned"}
+
+
+def demo_questions(probe: Probe, count: int = 3) -> list[dict]:
+    """The probe's fixed demo questions (by id), else its first ``count`` answer rows in file order."""
+    by_id = {q["probe_id"]: q for q in probe.questions}
+    ids = DEMO_QUESTIONS.get(probe.name, ())
+    if ids and all(i in by_id for i in ids):
+        return [by_id[i] for i in ids]
+    return probe.questions[:count]
+
+
+def measured_effect(run: Run, cfg: RunConfig, probe_path: Path | None = None,
+                    emit: Callback = null_callback) -> dict | None:
+    """Vanilla vs aligned on a probe (the run's shipped one by default); None when there is none."""
+    shipped = probe_path is None
+    path = shipped_probe_for_run(run) if shipped else probe_path
+    if path is None:
+        return None
+    probe = load_probe(path, shipped=shipped)
+    pair_cfg = copy.deepcopy(cfg)
+    pair_cfg.eval.systems = f"{BASELINE_SYSTEM},{REFERENCE_SYSTEM}"
+    systems = find_systems(run, pair_cfg, emit)
+    ctx = Context(run, cfg, emit, systems, threads=auto_threads(cfg.eval.n_threads, cfg.eval.n_threads_batch))
+    retriever = Retriever(read_jsonl(run.chunks_path), cfg.eval.rag_top_k)
+    keys = system_keys(systems, cfg, retriever, {})  # the same keys as valign eval: one shared cache
+    prefs = preference_scores(ctx, keys, probe.pairs, retriever, f"probe pairs ({probe.name})") if probe.pairs else {}
+    summaries = {s.name: metrics.preference_summary(prefs.get(s.name, []), cfg.eval.bootstrap, cfg.seed)
+                 for s in systems}
+    questions = demo_questions(probe)
+    answers = generate_answers(ctx, keys, questions, retriever, f"probe questions ({probe.name})") \
+        if questions else {}
+    base, aligned = summaries[BASELINE_SYSTEM], summaries[REFERENCE_SYSTEM]
+    verdict = assess_cell(aligned["accuracy"], aligned["ci95"], aligned["n"], base["accuracy"], "pref_acc")
+    return {"probe": probe.source(), "preference": summaries, "verdict": verdict,
+            "examples": [{"id": q["probe_id"], "question": q["question"], "reference": q["reference"],
+                          **{s.name: answers[s.name][i]["answer"] for s in systems}}
+                         for i, q in enumerate(questions)]}
+
+
+def _num(value: float | None, spec: str = ".3f") -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def format_effect(effect: dict) -> str:
+    probe = effect["probe"]
+    lines = [f"\nmeasured on the probe {probe['name']} ({probe['pairs']} hand-written situations with a faithful "
+             "and an unfaithful answer; generation and training never read it):",
+             "  preference accuracy: how often the model finds the faithful answer likelier (per token), "
+             "95% Wilson interval"]
+    for name, label in LABELS.items():
+        s = effect["preference"][name]
+        ci = s["ci95"] or [None, None]
+        lines.append(f"  {label:>8}: {_num(s['accuracy'])} [{_num(ci[0])}, {_num(ci[1])}] n={s['n']}, "
+                     f"mean margin {_num(s['mean_margin'], '+.3f')} nats/token")
+    verdict = effect["verdict"]
+    outcome = ("a real difference" if verdict["conclusive"] else "not a measurable difference") \
+        if verdict["conclusive"] is not None else "nothing to compare"
+    lines.append(f"  aligned vs vanilla: {verdict['note'] or '-'} ({outcome})")
+    if effect["examples"]:
+        ids = ", ".join(ex["id"] for ex in effect["examples"])
+        lines.append(f"\nthree probe questions fixed before any run ({ids}):")
+        for ex in effect["examples"]:
+            lines.append(f"\nquestion: {ex['question']}")
+            lines += [f"  {label:>8}: {' '.join(ex[name].split())}" for name, label in LABELS.items()]
+    return "\n".join(lines)
+
+
+def show_measured_effect(run: Run, cfg: RunConfig) -> bool:
+    """Print the measured effect on the run's shipped probe; False when the document has none."""
+    if shipped_probe_for_run(run) is None:
+        return False
+    print("\nmeasuring vanilla vs aligned on the document's shipped probe...", flush=True)
+    effect = measured_effect(run, cfg)
+    if effect is None:
+        return False
+    print(format_effect(effect))
+    return True
