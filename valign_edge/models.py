@@ -99,6 +99,16 @@ def resolve(spec: str, role: str = "model") -> ModelRef:
     return ModelRef(path.name, path, "gguf")
 
 
+def model_id(ref: ModelRef) -> str:
+    """Identify weights without hashing gigabytes: catalog hash, else name + size + mtime."""
+    from .workspace import hash_obj
+
+    if ref.preset.get("sha256"):
+        return ref.preset["sha256"][:16]
+    st = ref.path.stat()
+    return hash_obj([str(ref.path.resolve()), st.st_size, int(st.st_mtime)])
+
+
 def sha256_file(path: Path) -> str:
     import hashlib
 
