@@ -16,8 +16,12 @@ from typing import Any
 from .errors import UserError
 
 
-def opt(default: Any, help: str) -> Any:
-    return field(default=default, metadata={"help": help})
+def opt(default: Any, help: str, affects: tuple[str, ...] | None = None) -> Any:
+    """A setting with its help; ``affects`` (training settings): the stages whose result it changes."""
+    return field(default=default, metadata={"help": help, "affects": affects})
+
+
+SFT_DPO, SFT, DPO, NONE = ("sft", "dpo"), ("sft",), ("dpo",), ()
 
 
 @dataclass
@@ -44,25 +48,32 @@ class GenerateConfig:
 
 @dataclass
 class TrainConfig:
-    backend: str = opt("auto", "auto, torch or mlx")
-    device: str = opt("auto", "torch device: auto, cpu, cuda or mps")
-    lora_rank: int = opt(16, "LoRA rank")
-    lora_alpha: float = opt(32.0, "LoRA alpha (scale = alpha / rank)")
-    lora_dropout: float = opt(0.0, "LoRA dropout")
-    max_seq_len: int = opt(384, "longest training sequence in tokens")
-    batch_tokens: int = opt(1024, "tokens per optimizer step (sequences are packed up to this)")
+    """Each setting says which stage's result it changes: a stage's key hashes only those, so lowering
+    threads or micro_batch_tokens reruns nothing and a new dpo_beta reruns DPO, not SFT. backend and
+    precision count as resolved (what ``auto`` chose); the device only through the precision it gives."""
+    backend: str = opt("auto", "auto, torch or mlx", NONE)
+    device: str = opt("auto", "torch device: auto, cpu, cuda or mps", NONE)
+    lora_rank: int = opt(16, "LoRA rank", SFT_DPO)
+    lora_alpha: float = opt(32.0, "LoRA alpha (scale = alpha / rank)", SFT_DPO)
+    lora_dropout: float = opt(0.0, "LoRA dropout", SFT_DPO)
+    max_seq_len: int = opt(384, "longest training sequence in tokens", SFT_DPO)
+    batch_tokens: int = opt(1024, "tokens per optimizer step (sequences are packed up to this)", SFT_DPO)
     micro_batch_tokens: int = opt(512, "torch: most tokens per forward/backward pass; a step accumulates "
-                                       "gradients over its batch (lower: less memory; 0: one pass)")
-    sft_epochs: float = opt(3.0, "passes over the SFT data")
-    sft_lr: float = opt(3e-4, "SFT learning rate")
-    dpo_epochs: float = opt(4.0, "passes over the DPO data")
-    dpo_lr: float = opt(1e-4, "DPO learning rate")
-    dpo_beta: float = opt(0.1, "DPO beta (strength of the KL anchor to the SFT model)")
-    max_steps: int = opt(0, "stop each stage after this many steps (0: from epochs)")
-    warmup_steps: int = opt(5, "linear warm-up steps (at most a tenth of a stage's steps)")
-    precision: str = opt("auto", "auto, fp32 or bf16 (bf16 autocast where the hardware is fast at it)")
-    checkpoint_every: int = opt(25, "steps between resumable checkpoints")
-    threads: int = opt(0, "CPU threads for training (0: all cores, or 1 while the machine is busy)")
+                                       "gradients over its batch (lower: less memory; 0: one pass)", NONE)
+    sft_epochs: float = opt(3.0, "passes over the SFT data", SFT)
+    sft_lr: float = opt(3e-4, "SFT learning rate", SFT)
+    dpo_epochs: float = opt(4.0, "passes over the DPO data", DPO)
+    dpo_lr: float = opt(1e-4, "DPO learning rate", DPO)
+    dpo_beta: float = opt(0.1, "DPO beta (strength of the KL anchor to the SFT model)", DPO)
+    max_steps: int = opt(0, "stop each stage after this many steps (0: from epochs)", SFT_DPO)
+    warmup_steps: int = opt(5, "linear warm-up steps (at most a tenth of a stage's steps)", SFT_DPO)
+    precision: str = opt("auto", "auto, fp32 or bf16 (bf16 autocast where the hardware is fast at it)", NONE)
+    checkpoint_every: int = opt(25, "steps between resumable checkpoints", NONE)
+    threads: int = opt(0, "CPU threads for training (0: all cores, or 1 while the machine is busy)", NONE)
+
+    def settings_for(self, stage: str) -> dict[str, Any]:
+        """The settings that change the result of ``stage`` ("sft" or "dpo"), for its key."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if stage in f.metadata["affects"]}
 
 
 @dataclass
@@ -135,6 +146,7 @@ CHOICES = {
     "train.device": ("auto", "cpu", "cuda", "mps"),
     "train.precision": ("auto", "fp32", "bf16"),
     "export.quant": ("f16", "q8_0", "q4_k_m", "q4_0"),
+    "eval.judge_mode": ("logits", "verdict"),
     "preset": tuple(PRESETS),
 }
 
