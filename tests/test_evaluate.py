@@ -235,12 +235,18 @@ def test_eval_end_to_end_real_model(quick_real_run):
     from valign_edge.evaluate import COLUMNS
 
     run = quick_real_run
-    flags = ["--set", "eval.max_questions=4", "--set", "eval.judge_pairs=3", "--set", "eval.bootstrap=200"]
+    # The run's document is the shipped sample: without eval.probe=none its shipped probe would be evaluated
+    # too (tests/test_probes.py covers that on the shared run).
+    flags = ["--set", "eval.max_questions=4", "--set", "eval.judge_pairs=3", "--set", "eval.bootstrap=200",
+             "--set", "eval.probe=none"]
     proc = valign("eval", run, *flags, env=cli_env(), timeout=1800)
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads((run / "eval" / "report.json").read_text())
     assert report["systems"] == SYSTEMS
-    assert report["columns"] == list(COLUMNS)
+    assert report["columns"] == list(COLUMNS) and report["probes"] == []
+    assert report["counts"]["dpo"]["rouge_l"] == report["test_set"]["questions"]
+    assert all(cell["note"].startswith(f"n={cell['n']}") for cells in report["evidence"].values()
+               for cell in cells.values() if cell["note"])
     assert [row["system"] for row in report["table"]] == SYSTEMS
     n_pairs = report["test_set"]["pairs"]
     for row in report["table"]:
@@ -287,7 +293,8 @@ def test_eval_on_another_document(quick_real_run, tmp_path):
                    "five books. Borrowers must return books within three weeks and must not write in them.\n",
                    encoding="utf-8")
     flags = ["--doc", doc, "--set", "eval.systems=vanilla,dpo", "--set", "eval.max_questions=2",
-             "--set", "eval.judge_pairs=1", "--set", "eval.bootstrap=100", "--set", "generate.n_threads=1"]
+             "--set", "eval.judge_pairs=1", "--set", "eval.bootstrap=100", "--set", "generate.n_threads=1",
+             "--set", "eval.probe=none"]
     proc = valign("eval", quick_real_run, *flags, timeout=1800)
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads((quick_real_run / "eval" / "report.json").read_text())

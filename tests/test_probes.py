@@ -360,3 +360,18 @@ def test_eval_with_a_probe_end_to_end(finished_run, tmp_path):
     assert "evaluating on its shipped probe" in events
     report = json.loads((run / "eval" / "report.json").read_text())
     assert report["probes"][0]["name"] == "code_of_conduct" and report["probes"][0]["shipped"] is True
+
+    # make demo's ending: vanilla vs aligned on the shipped probe through the same code, from the same caches
+    from valign_edge.config import resolve
+    from valign_edge.eval_demo import format_effect, measured_effect
+
+    caches = {p: p.stat().st_size for p in (run / "eval").rglob("*.jsonl")}
+    effect = measured_effect(Run(run), resolve(run / "config.toml"))
+    assert {p: p.stat().st_size for p in (run / "eval").rglob("*.jsonl")} == caches  # nothing recomputed
+    section = report["probes"][0]
+    for name in ("vanilla", "dpo"):
+        assert effect["preference"][name]["correct"] == section["preference"][name]["correct"]
+        assert effect["preference"][name]["n"] == section["counts"][name]["pref_acc"] == section["pairs"]
+    assert [ex["id"] for ex in effect["examples"]] == ["coc-a01", "coc-a02", "coc-a03"]
+    text = format_effect(effect)
+    assert f"n={section['pairs']}" in text and "aligned vs vanilla: n=" in text and text.count("question: ") == 3

@@ -70,15 +70,16 @@ def assess_section(section: dict) -> dict[str, dict[str, dict]]:
 def conclusions(section: dict, evidence: dict, labels: dict) -> dict[str, list[str]]:
     """Short sentences: which comparisons with the baseline are conclusive, which are not and why."""
     yes, no = [], []
-    for system, cells in evidence.items():
-        for col, cell in cells.items():
-            if cell["conclusive"] is None:
+    columns = section.get("columns") or list(dict.fromkeys(c for cells in evidence.values() for c in cells))
+    for col in columns:  # in the table's column order: the headline metric first
+        for system, cells in evidence.items():
+            cell = cells.get(col)
+            if cell is None or cell["conclusive"] is None:
                 continue
-            label = labels.get(col, col)
             if col in WIN_COLUMNS:
                 what = f"{REFERENCE_SYSTEM} vs {system}, {WIN_LABELS[col]}"
             else:
-                what = f"{system} vs {BASELINE_SYSTEM}, {label}"
+                what = f"{system} vs {BASELINE_SYSTEM}, {labels.get(col, col)}"
             (yes if cell["conclusive"] else no).append(f"{what} ({cell['note']})")
     return {"conclusive": yes, "inconclusive": no}
 

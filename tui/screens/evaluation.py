@@ -68,7 +68,8 @@ class EvalScreen(ValignScreen):
     ]
     DEFAULT_CSS = """
     #eval-notes { margin: 0 1; height: auto; }
-    #eval-probe-table { margin-top: 1; border: round $accent 50%; height: auto; max-height: 16; }
+    #eval-body { height: 1fr; }
+    #eval-probe-table { margin-top: 1; border: round $accent 50%; }
     """
 
     def __init__(self) -> None:
@@ -83,10 +84,11 @@ class EvalScreen(ValignScreen):
             yield ProgressBar(id="eval-bar", show_eta=False)
             yield Static("", id="eval-status")
         yield Static("", id="eval-empty")
-        yield DataTable(id="eval-probe-table", cursor_type="row", zebra_stripes=True)
-        yield DataTable(id="eval-table", cursor_type="row", zebra_stripes=True)
-        yield Static("", id="eval-notes")
-        yield VerticalScroll(id="eval-charts")
+        with VerticalScroll(id="eval-body"):  # tables, notes and charts scroll together
+            yield DataTable(id="eval-probe-table", cursor_type="row", zebra_stripes=True)
+            yield DataTable(id="eval-table", cursor_type="row", zebra_stripes=True)
+            yield Static("", id="eval-notes")
+            yield VerticalScroll(id="eval-charts")
 
     # --- drawing ----------------------------------------------------------------------------------------
     def _fill(self, table: DataTable, section: dict, title: str) -> None:
@@ -102,7 +104,8 @@ class EvalScreen(ValignScreen):
             system = str(row.get("system", ""))
             table.add_row(Text(system, style="bold"), *[cell(section, system, c, row.get(c)) for c in columns],
                           height=2 if tall else 1)
-        table.styles.height = min(16, table.row_count * (2 if tall else 1) + 3)  # header and border
+        # header, border, and the horizontal scrollbar wide tables get
+        table.styles.height = table.row_count * (2 if tall else 1) + 3 + (len(columns) > 4)
         table.tooltip = "\n".join(f"{c}: {labels.get(c, c)}" for c in columns) or None
 
     def refresh_from_state(self) -> None:
@@ -110,8 +113,8 @@ class EvalScreen(ValignScreen):
         self.report = state.load_report(app.active_run) if app.active_run is not None else None
         report = self.report
         empty = self.query_one("#eval-empty", Static)
-        for widget in (self.query_one("#eval-table"), self.query_one("#eval-charts")):
-            widget.display = report is not None
+        self.query_one("#eval-body").display = report is not None
+        self.query_one("#eval-charts").styles.height = "auto"  # inside the scrolling body
         empty.display = report is None
         probe_table = self.query_one("#eval-probe-table", DataTable)
         probes = (report or {}).get("probes") or []
@@ -190,7 +193,7 @@ class EvalScreen(ValignScreen):
 
             self._shipped[run.root] = shipped_probe_for_run(run)
         found = self._shipped[run.root]
-        return f"probe: shipped {found.stem}" if found else "probe: none (p to pick one)"
+        return f"probe: {found.stem} (auto)" if found else "probe: none (p to pick one)"
 
     def _draw_status(self) -> None:
         app = self.valign
