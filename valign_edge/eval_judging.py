@@ -10,6 +10,7 @@ from .config import RunConfig
 from .errors import UserError
 from .events import Event, Progress
 from .eval_systems import EVAL_VERSION, REFERENCE_SYSTEM, Context
+from .models import model_id
 from .workspace import append_jsonl, hash_obj, read_jsonl
 
 
@@ -34,8 +35,6 @@ def judge_answers(ctx: Context, answers: dict[str, list[dict]], questions: list[
     is the question's ``chunk_id`` among ``chunks`` (none when it has none)."""
     cfg = ctx.cfg
     ref = judge_model_ref(cfg)
-    from .generate import model_id
-
     judge_id = hash_obj([EVAL_VERSION, model_id(ref), judging.judge_messages("{q}", "{p}", "{a}", "{b}"),
                          judging.REPLIES, judging.ANSWERS_START])
     path = ctx.run.eval_dir / "judgments.jsonl"

@@ -43,6 +43,7 @@ from .eval_systems import (EVAL_VERSION, REFERENCE_SYSTEM, SYSTEMS, Context, Ret
 from .eval_testset import TestSet, check_test_split, load_test_set
 from .events import Callback, Event, log
 from .metrics import preference_margin
+from .models import model_id
 from .runtime import auto_threads
 from .workspace import Run, atomic_write_text, hash_obj, read_jsonl, write_json, write_jsonl
 
@@ -135,8 +136,6 @@ def evaluate(run: Run, cfg: RunConfig, emit: Callback, doc: Path | None = None,
     run_chunks_id = hash_obj([c.get("text") for c in run_chunks])
     probe_keys = {s.name: system_key(s, cfg, run_chunks_id, ids) for s in systems}
     judge_ref = judge_model_ref(cfg)
-    from .generate import model_id
-
     settings = {k: v for k, v in asdict(cfg.eval).items() if k not in KEY_EXCLUDED}
     key = hash_obj([REPORT_VERSION, keys, hash_obj([tests.questions, tests.pairs]), settings,
                     model_id(judge_ref), cfg.seed, [[p.name, p.sha256] for p in loaded],
