@@ -15,7 +15,7 @@ EPILOG = """examples:
   valign run valign_edge/data/code_of_conduct.md --out runs/demo --preset quick
   valign generate policy.md --out runs/policy        # SFT + DPO data only
   valign train runs/policy && valign export runs/policy
-  valign eval runs/policy
+  valign eval runs/policy --probe my-situations.jsonl   # a hand-written probe set
   valign chat runs/policy --prompt "May I accept a gift from a supplier?"
   valign                                             # the terminal app
 """
@@ -283,7 +283,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = verb("export", cmd_export, "merge adapters, convert to GGUF, quantize, verify, write a Modelfile")
     p.add_argument("run", type=Path, help="run folder with trained adapters")
 
-    p = verb("eval", cmd_eval, "compare vanilla, RAG, SFT and SFT+DPO on held-out questions")
+    p = verb("eval", cmd_eval, "compare vanilla, RAG, SFT and SFT+DPO on hand-written probe sets (--probe) and on "
+                               "held-out questions")
     p.add_argument("run", type=Path, nargs="?", help="run folder with exported models")
     p.add_argument("--doc", type=Path, help="evaluate on questions generated from another document")
     p.add_argument("--probe", type=Path, action="append", metavar="FILE.jsonl",

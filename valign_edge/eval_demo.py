@@ -86,7 +86,8 @@ def format_effect(effect: dict) -> str:
         lines.append(f"\nthree probe questions fixed before any run ({ids}):")
         for ex in effect["examples"]:
             lines.append(f"\nquestion: {ex['question']}")
-            lines += [f"  {label:>8}: {' '.join(ex[name].split())}" for name, label in LABELS.items()]
+            lines += [f"  {label:>8}: {' '.join(ex[name].split()) or '(an empty answer)'}"
+                      for name, label in LABELS.items()]
     return "\n".join(lines)
 
 
