@@ -375,3 +375,13 @@ def test_eval_with_a_probe_end_to_end(finished_run, tmp_path):
     assert [ex["id"] for ex in effect["examples"]] == ["coc-a01", "coc-a02", "coc-a03"]
     text = format_effect(effect)
     assert f"n={section['pairs']}" in text and "aligned vs vanilla: n=" in text and text.count("question: ") == 3
+
+
+def test_run_with_eval_refuses_a_bad_probe_before_any_stage(tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "May I?", "chosen": "Yes."}\n', encoding="utf-8")
+    doc = ROOT / "valign_edge" / "data" / "code_of_conduct.md"
+    proc = valign("run", doc, "--out", tmp_path / "run", "--eval", "--set", f"eval.probe={bad}", timeout=300)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr and "bad.jsonl:1: missing key rejected" in \
+        proc.stderr, proc.stderr[-2000:]
+    assert not (tmp_path / "run").exists()  # refused before the run folder was made

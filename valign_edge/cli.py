@@ -161,6 +161,10 @@ def cmd_run(args) -> int:
     read_document(args.document)
     resolve(cfg.teacher, "teacher")
     resolve(cfg.student, "student")
+    if args.eval:  # a bad probe file ends here, not after training
+        from .evaluate import check_probe_files
+
+        check_probe_files(cfg)
     run = _open_run(args.out, create=True)
     emit, sink = _emitter(run)
     with run.lock():

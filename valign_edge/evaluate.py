@@ -118,6 +118,15 @@ def _load_probes(run: Run, cfg: RunConfig, emit: Callback, given: list[Path] | N
     return probes
 
 
+def check_probe_files(cfg: RunConfig) -> None:
+    """Refuse a bad ``eval.probe`` before a long ``valign run --eval`` starts (one line per bad row)."""
+    value = (cfg.eval.probe or "").strip()
+    if value and value.lower() != "none":
+        for path in value.split(","):
+            if path.strip():
+                load_probe(Path(path.strip()))
+
+
 def evaluate(run: Run, cfg: RunConfig, emit: Callback, doc: Path | None = None,
              probes: list[Path] | None = None) -> dict:
     """Run the evaluation stage (skipped when up to date) and return the report."""
