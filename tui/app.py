@@ -25,6 +25,7 @@ from textual.screen import Screen
 from valign_edge.errors import Cancelled, UserError
 from valign_edge.events import Event
 
+from .errors import error_text
 from .state import JobState, display_path
 
 SCREEN_NAMES = ("start", "pipeline", "data", "eval", "chat")
@@ -44,14 +45,6 @@ class JobDone(Message):
     def __init__(self, job: str, status: str, message: str = "", result: Any = None):
         super().__init__()
         self.job, self.status, self.message, self.result = job, status, message, result
-
-
-def error_text(exc: BaseException) -> str:
-    """One readable line for an exception."""
-    if isinstance(exc, (UserError, Cancelled)):
-        return str(exc)
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    return f"unexpected error: {type(exc).__name__}" + (f": {text}" if text else "")
 
 
 class ValignApp(App):
@@ -317,14 +310,15 @@ class ValignApp(App):
                             self.start_pipeline)
         yield SystemCommand("Cancel the running job", "stops at the next step; resume later", self.cancel_job)
         yield SystemCommand("Run evaluation", "vanilla, RAG, SFT and SFT+DPO side by side", self.start_eval)
-        yield SystemCommand("Open a run folder", "choose an existing run", self._open_run_dialog)
+        yield SystemCommand("Open a run folder", "choose an existing run", self.open_run_dialog)
         for name, title in (("start", "Start"), ("pipeline", "Pipeline"), ("data", "Data review"),
                             ("eval", "Evaluation"), ("chat", "Chat")):
             yield SystemCommand(f"Go to {title}", f"show the {title} screen", lambda n=name: self.action_goto(n))
         yield SystemCommand("Help", "screens and keys", self.action_help)
         yield from super().get_system_commands(screen)
 
-    def _open_run_dialog(self) -> None:
+    def open_run_dialog(self) -> None:
+        """Pick a run folder and open it (the start screen's "Open" when its path is no run)."""
         from .screens.dialogs import PathPicker
 
         def opened(path: Path | None) -> None:

@@ -13,6 +13,8 @@ import re
 from dataclasses import asdict, dataclass
 from typing import Callable
 
+from .config import GenerateConfig  # the one source of the chunk size and overlap defaults
+
 TokenCounter = Callable[[str], int]
 
 HEADING = re.compile(
@@ -124,7 +126,8 @@ def page_range(page_starts: list[tuple[int, int]], start: int, end: int) -> list
     return [first, last]
 
 
-def chunk_text(text: str, max_tokens: int = 320, overlap_tokens: int = 32,
+def chunk_text(text: str, max_tokens: int = GenerateConfig.chunk_tokens,
+               overlap_tokens: int = GenerateConfig.chunk_overlap,
                count_tokens: TokenCounter = approx_tokens,
                page_starts: list[tuple[int, int]] | None = None) -> list[Chunk]:
     spans: list[tuple[str, int, int]] = []

@@ -13,6 +13,7 @@ from textual.containers import Horizontal, VerticalScroll
 from textual.message import Message
 from textual.widgets import Input, Label, Static, Switch
 
+from ..errors import error_text
 from ..state import display_path
 from .base import ValignScreen
 
@@ -81,8 +82,6 @@ class ChatScreen(ValignScreen):
             aligned, _ = resolve_target(app.active_run.root)
             vanilla, _ = resolve_target(app.active_run.root, vanilla=True)
         except Exception as exc:  # noqa: BLE001
-            from ..app import error_text
-
             info.update(Text(error_text(exc), style="yellow"))
             return
         info.update(Text(display_path(app.active_run.root), style="dim"))
@@ -118,12 +117,10 @@ class ChatScreen(ValignScreen):
                 self.sessions.clear()
                 return
             for session in self.sessions.values():
-                llm = getattr(session, "llm", None)
-                if llm is not None and hasattr(llm, "close"):
-                    try:
-                        llm.close()
-                    except Exception:  # noqa: BLE001, S110 - closing is best effort
-                        pass
+                try:
+                    session.close()
+                except Exception:  # noqa: BLE001, S110 - closing is best effort
+                    pass
             self.sessions.clear()
 
     def stop_streaming(self) -> None:
@@ -161,8 +158,6 @@ class ChatScreen(ValignScreen):
 
     @work(thread=True, exclusive=True, group="chat", exit_on_error=False)
     def _answer(self, question: str, targets: list[tuple[str, bool]], rag: bool) -> None:
-        from ..app import error_text
-
         for pane, vanilla in targets:
             try:
                 session = self._session(vanilla, rag)

@@ -12,6 +12,7 @@ from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.widgets import Button, Input, Label, Select, Static
 
+from ..errors import error_text
 from ..state import display_path
 from .base import ValignScreen
 
@@ -196,8 +197,6 @@ class StartScreen(ValignScreen):
             text = Text(f"{'auto → ' if requested == 'auto' else ''}{choice.name} on {choice.device}")
             text.append(f" ({choice.reason})", style="dim")
         except Exception as exc:  # noqa: BLE001
-            from ..app import error_text
-
             text = Text(error_text(exc), style="red")
         self.app.call_later(self._show_backend, text)
 
@@ -246,7 +245,8 @@ class StartScreen(ValignScreen):
     def _doc_changed(self, event: Input.Changed) -> None:
         if self._preview_timer is not None:
             self._preview_timer.stop()
-        self._preview_timer = self.set_timer(0.3, lambda: self.load_preview(event.value.strip()))
+        self._preview_timer = self.set_timer(0.3, lambda: self.load_preview(event.value.strip(),
+                                                                            *self._chunk_settings()))
         run_input = self.query_one("#run-path", Input)
         run = self.valign.active_run
         if run is not None and event.value.strip() == display_path(run.document_path):
@@ -256,8 +256,19 @@ class StartScreen(ValignScreen):
             self._auto_run_path = f"runs/{stem}"
             run_input.value = self._auto_run_path
 
+    def _chunk_settings(self) -> tuple[int, int]:
+        """Chunk size and overlap as the form configures them (preset and extra settings)."""
+        from valign_edge.config import resolve
+
+        try:
+            gen = resolve(preset=str(self.query_one("#preset", Select).value), overrides={
+                k: v for k, v in self.overrides().items() if k.startswith("generate.chunk_")}).generate
+        except Exception:  # noqa: BLE001 - a bad setting is reported when the run starts
+            gen = resolve().generate
+        return gen.chunk_tokens, gen.chunk_overlap
+
     @work(thread=True, exclusive=True, group="preview", exit_on_error=False)
-    def load_preview(self, path: str) -> None:
+    def load_preview(self, path: str, chunk_tokens: int, chunk_overlap: int) -> None:
         from valign_edge.chunking import approx_tokens, chunk_text
         from valign_edge.ingest import read_document
 
@@ -267,10 +278,8 @@ class StartScreen(ValignScreen):
             return
         try:
             text = read_document(path).text
-            chunks = chunk_text(text)
+            chunks = chunk_text(text, chunk_tokens, chunk_overlap)
         except Exception as exc:  # noqa: BLE001
-            from ..app import error_text
-
             self.app.call_later(self._show_preview, "Preview", Text(error_text(exc), style="red"))
             return
         tokens = approx_tokens(text)
@@ -331,7 +340,7 @@ class StartScreen(ValignScreen):
             if self.valign.open_run(Path(run_dir).expanduser()):
                 self.valign.action_goto("pipeline")
             return
-        self.valign._open_run_dialog()
+        self.valign.open_run_dialog()
 
     # --- state ----------------------------------------------------------------------------------------
     def run_changed(self) -> None:

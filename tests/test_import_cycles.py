@@ -1,0 +1,106 @@
+"""No import cycles among the project's modules, counting imports inside functions (the lazy ones too):
+a cycle means two rooms of the code that cannot change apart. Read from the source with ``ast``."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+# source folder -> the package it is installed as (pyproject.toml's package-dir)
+PACKAGES = {"valign_edge": "valign_edge", "backends": "valign_edge.backends", "tui": "valign_edge.tui"}
+
+
+def project_modules() -> dict[str, Path]:
+    out = {}
+    for folder, package in PACKAGES.items():
+        for path in (ROOT / folder).rglob("*.py"):
+            parts = list(path.relative_to(ROOT / folder).with_suffix("").parts)
+            if parts[-1] == "__init__":
+                parts.pop()
+            out[".".join([package, *parts])] = path
+    return out
+
+
+def _runtime_nodes(tree: ast.AST):
+    """Every node that can run: all of them but the bodies of ``if TYPE_CHECKING:`` (type hints only)."""
+    for node in ast.iter_child_nodes(tree):
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            yield from (n for child in node.orelse for n in [child, *_runtime_nodes(child)])
+            continue
+        yield node
+        yield from _runtime_nodes(node)
+
+
+def imports(module: str, path: Path, known: set[str]) -> set[str]:
+    """The project modules ``module`` imports anywhere in its file, in functions too."""
+    package = module if path.name == "__init__.py" else module.rsplit(".", 1)[0]
+    found = set()
+    for node in _runtime_nodes(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join(anchor + ([base] if base else []))
+            # ``from package import module`` imports the module; ``from module import name`` the module
+            names = [f"{base}.{alias.name}" if f"{base}.{alias.name}" in known else base for alias in node.names]
+        else:
+            continue
+        for name in names:
+            while name and name not in known:
+                name = name.rpartition(".")[0]
+            if name and name != module and name != "valign_edge":
+                found.add(name)
+    return found
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components of more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    out = []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        for nxt in graph[node]:
+            if nxt not in index:
+                visit(nxt)
+                low[node] = min(low[node], low[nxt])
+            elif nxt in stack:
+                low[node] = min(low[node], index[nxt])
+        if low[node] == index[node]:
+            component = []
+            while True:
+                top = stack.pop()
+                component.append(top)
+                if top == node:
+                    break
+            if len(component) > 1:
+                out.append(sorted(component))
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    return out
+
+
+def test_the_cycle_finder_finds_a_cycle_through_a_lazy_import(tmp_path):
+    a = tmp_path / "a.py"
+    a.write_text("from typing import TYPE_CHECKING\nfrom .b import f\nif TYPE_CHECKING:\n    from .c import T\n")
+    b = tmp_path / "b.py"
+    b.write_text("def f():\n    from .a import g\n")
+    known = {"valign_edge.a", "valign_edge.b", "valign_edge.c"}
+    graph = {"valign_edge.a": imports("valign_edge.a", a, known), "valign_edge.b": imports("valign_edge.b", b, known)}
+    assert graph["valign_edge.a"] == {"valign_edge.b"}  # a type-only import never runs
+    assert cycles(graph) == [["valign_edge.a", "valign_edge.b"]]
+
+
+def test_no_import_cycles():
+    modules = project_modules()
+    graph = {name: imports(name, path, set(modules)) for name, path in modules.items()}
+    assert sum(len(v) for v in graph.values()) > 50  # the walk sees the project's imports
+    assert cycles(graph) == []
