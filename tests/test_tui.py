@@ -459,8 +459,7 @@ def test_reject_edit_and_restore_records(sample_copy):
             assert table.row_count == len(before)
             first = screen.current_row()["meta"]["id"]
             await pilot.press("r")
-            await pilot.pause()
-            assert table.row_count == len(before) - 1
+            await wait_for(pilot, lambda: table.row_count == len(before) - 1, 30, "the rejection")  # a worker
             # Filter by chunk, then look at the rejected records.
             chunk_select = screen.query_one("#data-chunk", Select)
             some_chunk = screen.rows[0]["meta"]["chunk_id"]
@@ -482,7 +481,7 @@ def test_reject_edit_and_restore_records(sample_copy):
             assert isinstance(app.screen, EditRecord)
             app.screen.query_one(TextArea).text = "Report it to your supervisor the same day."
             await pilot.press("ctrl+s")
-            await pilot.pause()
+            await wait_for(pilot, lambda: "(edited)" in str(screen.query_one("#record-text").render()), 30, "the edit")
             assert screen.current_row()["messages"][1]["content"] == "Report it to your supervisor the same day."
             assert "(edited)" in str(screen.query_one("#record-text").render())
             return first, target
@@ -502,8 +501,7 @@ def test_reject_edit_and_restore_records(sample_copy):
             await pilot.pause()
             assert [r["meta"]["id"] for r in screen.rows] == [first]
             await pilot.press("u")
-            await pilot.pause()
-            assert screen.rows == []
+            await wait_for(pilot, lambda: screen.rows == [], 30, "the restore")
 
     run_async(reopen())
     assert first in ids("sft", "train") + ids("sft", "valid") + ids("sft", "test")

@@ -6,10 +6,11 @@ Decisions go through ``generate.add_edit`` and ``generate.rebuild_splits``: they
 
 from __future__ import annotations
 
+import threading
 from typing import ClassVar
 
 from rich.text import Text
-from textual import on
+from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, VerticalScroll
@@ -43,6 +44,7 @@ class DataScreen(ValignScreen):
         self.chunks: dict[str, dict] = {}
         self.document = ""
         self._filling = False
+        self._decisions = threading.Lock()  # one decision's rebuild at a time
 
     def body(self) -> ComposeResult:
         with Horizontal(id="data-controls"):
@@ -221,8 +223,6 @@ class DataScreen(ValignScreen):
 
     # --- decisions --------------------------------------------------------------------------------------
     def _decide(self, action: str, fields: dict | None = None) -> None:
-        from valign_edge.generate import add_edit, rebuild_splits
-
         app = self.valign
         row = self.current_row()
         if row is None:
@@ -231,16 +231,25 @@ class DataScreen(ValignScreen):
         if app.job.job:
             app.show_error("wait for the running job to stop before changing the data")
             return
-        rid = row["meta"]["id"]
+        self._apply_decision(app.active_run, app.cfg, row["meta"]["id"], action, fields)
+
+    @work(thread=True, group="decisions", exit_on_error=False)
+    def _apply_decision(self, run, cfg, rid: str, action: str, fields: dict | None) -> None:
+        """Record the decision and rebuild the splits off the UI thread (seconds on a large run)."""
+        from valign_edge.generate import add_edit, rebuild_splits
+
         try:
-            with app.active_run.lock():
-                add_edit(app.active_run, rid, action, fields)
-                rebuild_splits(app.active_run, app.cfg)
+            with self._decisions, run.lock():
+                add_edit(run, rid, action, fields)
+                rebuild_splits(run, cfg)
         except Exception as exc:  # noqa: BLE001
-            app.show_error(exc, "Data review")
+            self.app.call_from_thread(self.valign.show_error, exc, "Data review")
             return
+        self.app.call_from_thread(self._decided, rid, action)
+
+    def _decided(self, rid: str, action: str) -> None:
         words = {"reject": "rejected", "restore": "restored", "edit": "edited"}
-        app.notify(f"record {rid[:6]} {words[action]}; training re-runs on the next start", markup=False)
+        self.valign.notify(f"record {rid[:6]} {words[action]}; training re-runs on the next start", markup=False)
         self.load_rows(keep_id=rid)
 
     def action_reject(self) -> None:
