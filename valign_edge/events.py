@@ -71,8 +71,9 @@ class JsonlSink:
     """Appends every event to a JSONL file (kept inside the private run folder)."""
 
     def __init__(self, path: Path):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = open(path, "a", encoding="utf-8")
+        from .workspace import open_append
+
+        self._file = open_append(path)  # a line a killed writer left half-written is cut, not buried
         self._lock = threading.Lock()
 
     def __call__(self, event: Event) -> None:

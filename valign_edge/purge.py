@@ -1,79 +1,85 @@
 """``valign purge RUN``: delete what a run holds of the document, keeping the exported model.
 
+Only files valign wrote are deleted, known by name from the run's own list (the manifest's ``files``,
+see ``owned``): never by pattern, never a whole folder. A folder is removed only once it is empty, so
+a file a user put in a run folder, even inside ``data/`` or ``logs/``, is never touched.
+
 Deleted: the normalized document, chunks, teacher outputs, datasets and review edits, logs
 (progress lines name chunk headings), evaluation answers and reports, the export's
 ``verify.json`` (it quotes test questions and answers), temporary work files and checkpoints.
 Kept by default: the exported model files (``export/*.gguf``, ``Modelfile``), the final LoRA
 adapters, ``config.toml`` and ``manifest.json`` (marked purged). ``keep_model=False`` deletes
-the whole run folder.
-
-Only names the run layout defines are deleted, so a run folder made inside a folder that
-holds other files never loses those files.
+everything valign wrote, and the folder itself when nothing else is left in it.
 """
 
 from __future__ import annotations
 
-import shutil
+import contextlib
+import os
 import time
 from pathlib import Path
 
-from .workspace import Run, write_json
+from . import owned
+from .errors import UserError
+from .workspace import Run
 
-# Top-level entries that hold the document or text derived from it.
-DOCUMENT_DATA = ("document.txt", "chunks.jsonl", "synth", "data", "logs", "eval", "work", "review")
-# Inside export/ and adapters/: what is the model, everything else there is text or scratch.
-MODEL_SUFFIXES = (".gguf",)
-MODEL_NAMES = ("Modelfile",)
-RUN_FILES = ("manifest.json", "config.toml", ".lock")
+RUN_FILES = ("manifest.json", "config.toml", owned.LOCK)
 
 
-def _remove(path: Path, removed: list[Path]) -> None:
-    if path.is_symlink() or path.is_file():
-        path.unlink()
-    elif path.is_dir():
-        shutil.rmtree(path)
-    else:
-        return
-    removed.append(path)
+def _kept(rel: str) -> bool:
+    """What a default purge keeps: the run's settings and records, the exported model, final adapters."""
+    if rel in RUN_FILES:
+        return True
+    parts = rel.rstrip("/").split("/")
+    if parts[0] == "export":
+        return rel == "export/" or (len(parts) == 2 and not rel.endswith("/")
+                                    and (parts[1].endswith(".gguf") or parts[1] == "Modelfile"))
+    if parts[0] == "adapters":
+        return not any(p == "checkpoint" or p.startswith(".") for p in parts)
+    return False
 
 
-def _is_temp(path: Path) -> bool:
-    """Leftovers of atomic writes and interrupted stages (``.name.xyz.tmp``, ``.sft.final``, ...)."""
-    return path.name.startswith(".") and path.name != ".lock" or path.suffix == ".tmp"
+def _delete(run: Run, listed: list[str], removed: list[Path]) -> None:
+    """Unlink the listed files, then remove the listed folders that are left empty (deepest first)."""
+    for rel in sorted(r for r in listed if not r.endswith("/")):
+        path = run.root / rel
+        with contextlib.suppress(FileNotFoundError):
+            if path.is_dir() and not path.is_symlink():
+                continue  # listed as a file, now a folder: not what valign wrote
+            path.unlink()
+            removed.append(path)
+    for rel in sorted((r for r in listed if r.endswith("/")), key=lambda r: -r.count("/")):
+        path = run.root / rel.rstrip("/")
+        with contextlib.suppress(OSError):
+            path.rmdir()  # only when empty: a folder holding anything else stays
+            removed.append(path)
 
 
 def purge(run: Run, keep_model: bool = True) -> list[Path]:
     """Delete the run's document-derived data; return the paths removed (files or folders)."""
     removed: list[Path] = []
     with run.lock():
-        for name in DOCUMENT_DATA:
-            _remove(run.root / name, removed)
-        for path in sorted(run.root.iterdir()):
-            if _is_temp(path):
-                _remove(path, removed)
+        listed = owned.listed(run)
+        if listed is None:
+            raise UserError(f"{run.root} was made by an older valign-edge that kept no list of the files it wrote; "
+                            "nothing was deleted (delete the run folder yourself)")
         if not keep_model:
-            for name in ("adapters", "export", *RUN_FILES):
-                _remove(run.root / name, removed)
-            try:
-                run.root.rmdir()
-            except OSError:
-                pass  # other files the user keeps there
+            _delete(run, [r for r in listed if r != "manifest.json"], removed)
+            run.manifest_path.unlink()
+            removed.append(run.manifest_path)
+            for name in (owned.LOCK, owned.SESSION):  # valign's own names (the lock is held open by us)
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(run.root / name)
+            with contextlib.suppress(OSError):
+                run.root.rmdir()  # only when nothing else is left
             return removed
-        export = run.export_dir
-        if export.is_dir():
-            for path in sorted(export.iterdir()):
-                if not (path.is_file() and (path.suffix in MODEL_SUFFIXES or path.name in MODEL_NAMES)) \
-                        or _is_temp(path):
-                    _remove(path, removed)
-        adapters = run.root / "adapters"
-        if adapters.is_dir():
-            for path in sorted(adapters.rglob("*")):
-                if path.exists() and (_is_temp(path) or path.name == "checkpoint"):
-                    _remove(path, removed)
+        _delete(run, [r for r in listed if not _kept(r)], removed)
         manifest = run.manifest()
+        gone = {p.relative_to(run.root).as_posix() for p in removed}
+        manifest["files"] = [r for r in manifest.get("files", []) if r.rstrip("/") not in gone]
         for stage, info in manifest.get("stages", {}).items():
             if stage in ("generate", "eval"):
                 info["status"] = "purged"
         manifest["purged"] = time.time()
-        write_json(run.manifest_path, manifest)
+        run.write_manifest(manifest)
     return removed

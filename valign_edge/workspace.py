@@ -107,34 +107,89 @@ def write_jsonl(path: Path, records: Iterable[dict]) -> None:
     atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
 
 
+def _drop_torn_tail(path: Path) -> None:
+    """Cut a half-written last line (no newline) left by a killed writer: that record was never whole,
+    and appending after it would bury it mid-file, where it reads as a damaged line."""
+    with open(path, "rb+") as f:
+        size = f.seek(0, os.SEEK_END)
+        if not size:
+            return
+        f.seek(size - 1)
+        if f.read(1) == b"\n":
+            return
+        keep, pos = 0, size
+        while pos > 0 and not keep:
+            step = min(pos, 1 << 16)
+            pos -= step
+            f.seek(pos)
+            block = f.read(step)
+            cut = block.rfind(b"\n")
+            if cut >= 0:
+                keep = pos + cut + 1
+        f.truncate(keep)
+
+
 def append_jsonl(path: Path, record: dict) -> None:
     """Append one record and flush it, so a killed process loses at most the record in flight."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    torn = False
-    if path.exists() and path.stat().st_size:
-        with open(path, "rb") as f:
-            f.seek(-1, os.SEEK_END)
-            torn = f.read(1) != b"\n"
+    if path.exists():
+        _drop_torn_tail(path)
     with open(path, "a", encoding="utf-8") as f:
-        # A writer killed mid-line left a fragment: end it, so it stays one unreadable line.
-        f.write(("\n" if torn else "") + json.dumps(record, ensure_ascii=False) + "\n")
+        f.write(json.dumps(record, ensure_ascii=False) + "\n")
         f.flush()
         os.fsync(f.fileno())
 
 
-def read_jsonl(path: Path) -> list[dict]:
-    """Read a JSONL file, ignoring a half-written last line left by a killed writer."""
+def open_append(path: Path):
+    """A text file to append lines to (logs), after cutting a torn last line a killed writer left."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.exists():
+        _drop_torn_tail(path)
+    return open(path, "a", encoding="utf-8")
+
+
+def read_jsonl(path: Path, torn_tail: bool = True) -> list[dict]:
+    """Read a JSONL file of objects. A half-written last line (no newline: a killed writer of an
+    append-only file) is ignored when ``torn_tail``; any other bad line is a one-line error naming
+    ``FILE:LINE``, never silently skipped (data files are an interface users edit)."""
+    return [row for _, row in read_jsonl_lines(path, torn_tail)]
+
+
+def read_jsonl_lines(path: Path, torn_tail: bool = True) -> list[tuple[int, dict]]:
+    """``read_jsonl`` with each record's line number."""
     if not path.exists():
         return []
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise UserError(f"cannot read {path}: {exc.strerror}") from None
+    lines = raw.split(b"\n")
     records = []
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
+        torn = number == len(lines)  # the text after the last newline
         try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
+            row = json.loads(line.decode("utf-8"))
+        except UnicodeDecodeError:
+            if torn and torn_tail:
+                continue
+            raise UserError(f"{path}:{number}: not UTF-8 text; fix or delete that line") from None
+        except json.JSONDecodeError as exc:
+            if torn and torn_tail:
+                continue
+            raise UserError(f"{path}:{number}: not valid JSON ({exc.msg} at column {exc.colno}); "
+                            "fix or delete that line") from None
+        if not isinstance(row, dict):
+            raise UserError(f"{path}:{number}: expected a JSON object, found {_json_type(row)}; "
+                            "fix or delete that line")
+        records.append((number, row))
     return records
+
+
+def _json_type(value: Any) -> str:
+    return {list: "an array", str: "a string", bool: "a boolean", type(None): "null",
+            int: "a number", float: "a number"}.get(type(value), type(value).__name__)
 
 
 class Run:
@@ -204,12 +259,18 @@ class Run:
             return run
         if not create:
             raise UserError(f"{root} is not a valign run folder (no manifest.json)")
+        if root.is_dir() and any(not _ours(p.name) for p in _entries(root)):
+            raise UserError(f"{root} holds other files and is not a valign run folder; valign only writes into "
+                            "a new or empty folder: give --out a new folder name")
         private_umask()
         try:
             root.mkdir(parents=True, exist_ok=True, mode=0o700)
             os.chmod(root, 0o700)
             write_json(run.manifest_path, {"format": RUN_FORMAT_VERSION, "valign_version": __version__,
-                                           "created": time.time(), "stages": {}})
+                                           "created": time.time(), "stages": {}, "files": ["manifest.json"]})
+            from . import owned
+
+            owned.open_session(run, {})  # what is written before the first lock is listed as ours
         except PermissionError:
             raise UserError(f"cannot write to {root}: permission denied") from None
         except OSError as exc:
@@ -218,10 +279,13 @@ class Run:
 
     @contextlib.contextmanager
     def lock(self) -> Iterator[None]:
-        """Refuse to let two valign processes write the same run folder at once."""
+        """Refuse to let two valign processes write the same run folder at once. While held, what this
+        process writes is listed in the manifest (see ``owned``), and only that is ever cleaned up."""
         import fcntl
 
-        fd = os.open(self.root / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+        from . import owned
+
+        fd = os.open(self.root / owned.LOCK, os.O_RDWR | os.O_CREAT, 0o600)
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -229,45 +293,64 @@ class Run:
                 raise UserError(f"another valign process is working on {self.root}; wait for it or stop it") from None
             os.ftruncate(fd, 0)
             os.write(fd, str(os.getpid()).encode())
-            self._remove_stale_temp_files()
-            yield
+            owned.begin(self)
+            try:
+                yield
+            except BaseException:
+                # Listing what was written must not hide why the command stopped (a full disk, Ctrl-C):
+                # if it fails, the session stays open and the next lock lists it.
+                with contextlib.suppress(Exception):
+                    owned.end(self)
+                raise
+            owned.end(self)
         finally:
             os.close(fd)
-
-    def _remove_stale_temp_files(self) -> None:
-        """Temp files of writes a killed process never renamed into place (we hold the lock: none is live)."""
-        for path in [*self.root.rglob(".*.tmp"), *self.export_dir.glob("*.tmp")]:
-            if path.is_file():
-                with contextlib.suppress(FileNotFoundError):
-                    path.unlink()
 
     # --- manifest -----------------------------------------------------------------
     def manifest(self) -> dict:
         try:
-            return json.loads(self.manifest_path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as exc:
+            manifest = json.loads(self.manifest_path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise UserError(f"{self.manifest_path} is unreadable: {exc}") from None
+        if not isinstance(manifest, dict) or not isinstance(manifest.get("stages", {}), dict) \
+                or not all(isinstance(v, dict) for v in manifest.get("stages", {}).values()):
+            raise UserError(f"{self.manifest_path} is not a valign manifest (a JSON object with a \"stages\" "
+                            "object was expected); restore it or start a new run folder")
+        return manifest
+
+    def write_manifest(self, manifest: dict) -> None:
+        write_json(self.manifest_path, manifest)
 
     def stage_info(self, stage: str) -> dict:
         return self.manifest().get("stages", {}).get(stage, {})
 
     def is_done(self, stage: str, key: str) -> bool:
+        """Finished with this key. A stage marked stale whose key still matches (an earlier stage ran
+        again and produced the same inputs for it) is done again."""
         info = self.stage_info(stage)
-        return info.get("status") == "done" and info.get("key") == key
+        if info.get("key") != key or info.get("status") not in ("done", "stale"):
+            return False
+        if info["status"] == "stale":
+            self._update_stage(stage, status="done")
+        return True
 
     def _update_stage(self, stage: str, **fields: Any) -> None:
         manifest = self.manifest()
         manifest.setdefault("stages", {}).setdefault(stage, {}).update(fields)
-        write_json(self.manifest_path, manifest)
+        self.write_manifest(manifest)
 
     @contextlib.contextmanager
     def stage(self, stage: str, key: str, inputs: dict | None = None) -> Iterator[dict]:
         """Mark ``stage`` running; on success done with the counts the body put in the dict.
 
         ``key`` hashes the stage's inputs and config: a later run with the same key skips it.
-        An interrupted stage stays "partial" and its outputs are resumed, not trusted.
+        An interrupted stage stays "partial" and its outputs are resumed, not trusted. A stage that
+        runs again with other inputs marks the finished stages after it "stale".
         """
         started = time.time()
+        previous = self.stage_info(stage)
+        if previous.get("key") not in (None, key):
+            self.invalidate(*STAGES[STAGES.index(stage) + 1:] if stage in STAGES else ())
         self._update_stage(stage, status="partial", key=key, started=started, finished=None,
                            inputs=inputs or {})
         result: dict = {}
@@ -277,8 +360,22 @@ class Run:
                                      "peak_rss_mb": round(peak_rss_mb(), 1)})
 
     def invalidate(self, *stages: str) -> None:
+        """Mark finished ``stages`` stale: their inputs changed (a later command redoes them)."""
         manifest = self.manifest()
         for stage in stages:
-            if stage in manifest.get("stages", {}):
+            if manifest.get("stages", {}).get(stage, {}).get("status") == "done":
                 manifest["stages"][stage]["status"] = "stale"
-        write_json(self.manifest_path, manifest)
+        self.write_manifest(manifest)
+
+
+def _entries(root: Path) -> list[Path]:
+    try:
+        return list(root.iterdir())
+    except OSError:
+        return []
+
+
+def _ours(name: str) -> bool:
+    """Names a valign process may leave in a folder before its manifest exists (an interrupted creation)."""
+    return name in (".lock", ".valign-session") or (name.startswith((".manifest.json.", ".valign-session."))
+                                                   and name.endswith(".tmp"))
