@@ -56,7 +56,7 @@ def ours(stage: str, run_dir: Path, steps: int, micro_batch_tokens: int | None =
             trainer.sft(run, lambda e: None)
             cfg.train.max_steps = steps
         t0 = time.perf_counter()
-        result = getattr(trainer, stage)(run, lambda e: None)
+        result = (trainer.sft if stage == "sft" else trainer.dpo)(run, lambda e: None)
         total = time.perf_counter() - t0
     return {"tokens_per_s": result["tokens"] / result["seconds"], "train_s": result["seconds"],
             "stage_s_including_setup": total, "precision": result["precision"]}

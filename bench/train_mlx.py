@@ -153,7 +153,7 @@ def ours(backend: str, stage: str, rows: dict, steps: int) -> dict:
             elif event.kind == "progress" and event.stage.startswith("train_") and event.done == 0:
                 clock.marks[0] = (time.perf_counter(), time.process_time())  # the loop starts
 
-        result = getattr(trainer, stage)(run, emit)
+        result = (trainer.sft if stage == "sft" else trainer.dpo)(run, emit)
     out = clock.summary(plan_tokens(stage, rows, steps))
     out.update(final_loss=result["final_loss"], precision=result["precision"])
     if backend == "mlx":

@@ -148,3 +148,25 @@ def test_micro_batched_steps_match_one_pass(tmp_path, tiny_model, stage):
     assert losses[40] == pytest.approx(losses[0], rel=2e-3)
     for name, value in weights[0].items():  # as a whole: Adam turns float noise in near-zero gradients
         assert (weights[40][name] - value).norm() <= 0.02 * value.norm() + 1e-6, name  # into full steps
+
+
+def test_both_trainers_follow_the_trainer_protocol():
+    """Every member the ``Trainer`` protocol declares (what train, export and the tests call) exists on
+    both backends, with the protocol's parameters; ``precision_for`` works without loading a model."""
+    import inspect
+
+    from valign_edge.backends import TRAINERS, Trainer, trainer_class
+
+    members = [n for n in vars(Trainer) if not n.startswith("_")] + list(Trainer.__annotations__)
+    assert {"sft", "dpo", "merge", "greedy", "base_dir", "peft_adapter", "micro_batching"} <= set(members)
+    for name in TRAINERS:
+        cls = trainer_class(name)
+        for member in members:
+            if member in ("device", "precision"):  # set per instance, from the device
+                continue
+            assert hasattr(cls, member), (name, member)
+            if callable(getattr(Trainer, member, None)):
+                ours = list(inspect.signature(getattr(cls, member)).parameters)
+                assert ours == list(inspect.signature(getattr(Trainer, member)).parameters), (name, member)
+        assert cls.precision_for("fp32", "cpu") == "fp32"
+        assert cls.precision_for("bf16", "cpu").startswith("bf16")
