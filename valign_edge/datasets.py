@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from .workspace import Run, hash_obj, read_jsonl, write_jsonl
+from .errors import UserError
+from .workspace import Run, hash_obj, read_jsonl, read_jsonl_lines, write_jsonl
 
 SPLITS = ("train", "valid", "test")
 
@@ -27,6 +28,13 @@ def sft_rows(synth: list[dict]) -> list[dict]:
                          "meta": {"id": record_id(rec["chunk_id"], item["question"]), "chunk_id": rec["chunk_id"],
                                   "span": rec["span"]}})
     return rows
+
+
+def sft_rows_from_pairs(synth: list[dict]) -> list[dict]:
+    """The faithful side of every preference pair, as an SFT example: SFT then learns the stances
+    that DPO sharpens. A pair's SFT row shares its id, so both land in the same split."""
+    return sft_rows([{**rec, "items": [{"question": i["prompt"], "answer": i["chosen"]} for i in rec["items"]]}
+                     for rec in synth])
 
 
 def dpo_rows(synth: list[dict]) -> list[dict]:
@@ -97,12 +105,17 @@ def build(run: Run, chunk_ids: list[str], valid_fraction: float, test_fraction: 
     """Write ``data/{sft,dpo}/{train,valid,test}.jsonl`` from the synth records of ``chunk_ids``."""
     wanted = set(chunk_ids)
     order = {cid: i for i, cid in enumerate(chunk_ids)}
-    edits = read_jsonl(run.data_dir / "edits.jsonl")
+    edits = load_edits(run)
     counts: dict[str, Any] = {}
-    for kind, to_rows in (("sft", sft_rows), ("dpo", dpo_rows)):
+    def records(kind: str) -> list[dict]:
         synth = {r["chunk_id"]: r for r in read_jsonl(run.synth_dir / f"{kind}.jsonl")
                  if r["chunk_id"] in wanted and (key is None or r.get("key") == key)}
-        rows = apply_edits(to_rows(sorted(synth.values(), key=lambda r: order[r["chunk_id"]])), edits)
+        return sorted(synth.values(), key=lambda r: order[r["chunk_id"]])
+
+    for kind in ("sft", "dpo"):
+        made = sft_rows(records("sft")) + sft_rows_from_pairs(records("dpo")) if kind == "sft" else \
+            dpo_rows(records("dpo"))
+        rows = apply_edits(made, edits)
         parts = split(rows, valid_fraction, test_fraction, seed)
         for name in SPLITS:
             write_jsonl(run.split_path(kind, name), parts[name])
@@ -110,5 +123,59 @@ def build(run: Run, chunk_ids: list[str], valid_fraction: float, test_fraction: 
     return counts
 
 
+def load_edits(run: Run) -> list[dict]:
+    """The review decisions, each checked (``FILE:LINE`` for a bad one; a torn last line is ignored)."""
+    path = run.data_dir / "edits.jsonl"
+    edits = []
+    for number, edit in read_jsonl_lines(path):
+        if not isinstance(edit.get("id"), str) or edit.get("action") not in ("reject", "edit", "restore") \
+                or not isinstance(edit.get("fields", {}), dict):
+            raise UserError(f'{path}:{number}: an edit needs a string "id", an "action" (reject, edit or restore) '
+                            'and "fields" as an object; fix or delete that line')
+        edits.append(edit)
+    return edits
+
+
 def load(run: Run, kind: str, split_name: str) -> list[dict]:
-    return read_jsonl(run.split_path(kind, split_name))
+    """One split, every row checked: a bad line is ``FILE:LINE: what is wrong`` (exit 2), never skipped.
+    The files are written whole (never appended), so even a cut-off last line is an error."""
+    path = run.split_path(kind, split_name)
+    rows = []
+    for number, row in read_jsonl_lines(path, torn_tail=False):
+        problem = row_problem(kind, row)
+        if problem:
+            raise UserError(f"{path}:{number}: {problem}; fix or delete that line")
+        rows.append(row)
+    return rows
+
+
+def validate(run: Run) -> None:
+    """Check every split file of the run (before a stage that reads them starts)."""
+    for kind in ("sft", "dpo"):
+        for name in SPLITS:
+            load(run, kind, name)
+
+
+def _text(value: Any) -> bool:
+    return isinstance(value, str) and bool(value.strip())
+
+
+def row_problem(kind: str, row: dict) -> str | None:
+    """What is wrong with a row of ``kind`` ("sft" or "dpo"), or None."""
+    meta = row.get("meta", {})
+    if not isinstance(meta, dict) or not isinstance(meta.get("id", ""), str):
+        return '"meta" must be an object whose "id" is a string'
+    if kind == "dpo":
+        missing = [k for k in ("prompt", "chosen", "rejected") if not _text(row.get(k))]
+        return f'a DPO row needs non-empty text in "prompt", "chosen" and "rejected" ({", ".join(missing)} ' \
+               "missing or not text)" if missing else None
+    messages = row.get("messages")
+    shape = 'an SFT row needs "messages": [{"role": "user", "content": ...}, {"role": "assistant", "content": ...}]'
+    if not isinstance(messages, list) or len(messages) < 2:
+        return shape
+    for m in messages:
+        if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not _text(m.get("content")):
+            return shape + " (each message an object with a role and non-empty content)"
+    if messages[0]["role"] != "user" or messages[-1]["role"] != "assistant":
+        return shape + " (first the user's question, last the assistant's answer)"
+    return None
