@@ -237,7 +237,74 @@ def resolve(saved: Path | None = None, preset: str | None = None, config_file: P
         apply_mapping(cfg, load_toml(config_file))
     for key, value in (overrides or {}).items():
         set_value(cfg, key, value)
+    validate(cfg)
     return cfg
+
+
+# section.key -> (least, most, what): the range a value must lie in (None: no bound; POSITIVE: above
+# 0). Keys another version renamed are skipped. Every float must also be finite.
+POSITIVE = -0.0
+LIMITS: dict[str, tuple[float | None, float | None, str]] = {
+    "generate.chunk_tokens": (32, 8192, "tokens per chunk"),
+    "generate.questions_per_chunk": (1, 50, "questions per chunk"),
+    "generate.pairs_per_chunk": (0, 50, "pairs per chunk"),
+    "generate.question_temperature": (0, 2, "a sampling temperature"),
+    "generate.answer_max_tokens": (8, 4096, "tokens per answer"),
+    "generate.max_retries": (0, 20, "retries"),
+    "generate.min_grounding": (0, 1, "a share"),
+    "generate.dedup_threshold": (0, 1, "a similarity"),
+    "generate.value_threshold": (1, None, "value cues"),
+    "generate.valid_fraction": (0, 0.9, "a share of the records"),
+    "generate.test_fraction": (0, 0.9, "a share of the records"),
+    "generate.n_ctx": (512, None, "a context size in tokens"),
+    "train.lora_rank": (1, 1024, "a LoRA rank"),
+    "train.lora_alpha": (POSITIVE, None, "a LoRA alpha"),
+    "train.lora_dropout": (0, 0.9, "a dropout probability"),
+    "train.max_seq_len": (32, None, "a sequence length in tokens"),
+    "train.batch_tokens": (32, None, "tokens per step"),
+    "train.sft_epochs": (POSITIVE, 1000, "a number of passes"),
+    "train.dpo_epochs": (POSITIVE, 1000, "a number of passes"),
+    "train.sft_lr": (POSITIVE, 1.0, "a learning rate"),
+    "train.dpo_lr": (POSITIVE, 1.0, "a learning rate"),
+    "train.dpo_beta": (POSITIVE, 100, "a DPO beta"),
+    "train.checkpoint_every": (1, None, "steps between checkpoints"),
+    "export.verify_prompts": (1, 100, "test prompts"),
+    "export.verify_tokens": (1, 4096, "tokens per prompt"),
+    "eval.max_new_tokens": (1, 8192, "an answer length"),
+    "eval.rag_top_k": (1, 50, "retrieved chunks"),
+    "eval.judge_tie_margin": (0, None, "a margin"),
+    "eval.ref_judge_margin": (0, None, "a margin"),
+}
+
+
+def validate(cfg: RunConfig) -> None:
+    """Refuse settings no stage can work with, in one line, before any is saved in a run."""
+    import math
+
+    sections = _sections()
+    for section in ("", *sections):
+        target = getattr(cfg, section) if section else cfg
+        for f in dataclasses.fields(target):
+            value = getattr(target, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise UserError(f"config {section + '.' if section else ''}{f.name}: {value} is not a finite number")
+    for key, (least, most, what) in LIMITS.items():
+        section, name = key.split(".", 1)
+        value = getattr(getattr(cfg, section, None), name, None)
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            continue
+        positive = least is POSITIVE
+        low = "above 0" if positive else f"at least {least:g}" if least is not None else ""
+        if (positive and value <= 0) or (least is not None and value < least) or (most is not None and value > most):
+            bounds = ", ".join(b for b in (low, f"at most {most:g}" if most is not None else "") if b)
+            raise UserError(f"config {key}: {value} is out of range for {what} ({bounds})")
+    gen = cfg.generate
+    if gen.valid_fraction + gen.test_fraction >= 0.95:
+        raise UserError(f"config generate.valid_fraction + generate.test_fraction = "
+                        f"{gen.valid_fraction + gen.test_fraction:g} leaves almost nothing to train on (keep it below 0.95)")
+    if gen.chunk_overlap * 2 > gen.chunk_tokens:
+        raise UserError(f"config generate.chunk_overlap: {gen.chunk_overlap} is more than half of "
+                        f"generate.chunk_tokens ({gen.chunk_tokens})")
 
 
 def parse_set(items: list[str]) -> dict[str, str]:
