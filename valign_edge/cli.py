@@ -18,6 +18,9 @@ EPILOG = """examples:
   valign eval runs/policy --probe my-situations.jsonl   # a hand-written probe set
   valign chat runs/policy --prompt "May I accept a gift from a supplier?"
   valign                                             # the terminal app
+
+exit codes: 0 done, 2 bad input or setting (one line says what), 3 the exported model failed its
+verification (run, export), 130 interrupted (run the same command again to resume)
 """
 
 
@@ -42,7 +45,8 @@ def _resolve_config(args: argparse.Namespace, run_dir: Path | None):
                       ("backend", "train.backend"), ("quant", "export.quant")):
         if getattr(args, flag, None) is not None:
             overrides[key] = getattr(args, flag)
-    saved = run_dir / "config.toml" if run_dir else None
+    # Only a run's own config.toml: a folder that is not a run may hold an unrelated one.
+    saved = run_dir / "config.toml" if run_dir and (run_dir / "manifest.json").exists() else None
     return config.resolve(saved, args.preset, args.config, overrides)
 
 
@@ -92,12 +96,13 @@ def cmd_generate(args) -> int:
     from .models import resolve
 
     cfg = _resolve_config(args, args.out)
-    read_document(args.document)  # refuse bad input before touching the run folder
+    text = read_document(args.document).text  # refuse bad input before touching the run folder
     resolve(cfg.teacher, "teacher")
     run = _open_run(args.out, create=True)
     emit, sink = _emitter(run)
     with run.lock():
         try:
+            _check_document(run, text, args.new_document)
             info = generate(run, cfg, emit, doc=args.document)
         finally:
             sink.close()
@@ -106,7 +111,7 @@ def cmd_generate(args) -> int:
 
 
 def _print_generate_summary(run, info: dict) -> None:
-    from .workspace import read_jsonl
+    from .datasets import load
 
     splits = info.get("splits", {})
     print(f"datasets in {run.data_dir}:")
@@ -116,9 +121,9 @@ def _print_generate_summary(run, info: dict) -> None:
     rejected = info.get("rejected", {})
     if rejected:
         print("  rejected by filters: " + ", ".join(f"{k} {v}" for k, v in sorted(rejected.items())))
-    for row in read_jsonl(run.split_path("sft", "train"))[:2]:
+    for row in load(run, "sft", "train")[:2]:
         print(f"  SFT  Q: {row['messages'][0]['content']}\n       A: {row['messages'][1]['content']}")
-    for row in read_jsonl(run.split_path("dpo", "train"))[:1]:
+    for row in load(run, "dpo", "train")[:1]:
         print(f"  DPO  Q: {row['prompt']}\n       chosen:   {row['chosen']}\n       rejected: {row['rejected']}")
 
 
@@ -149,7 +154,7 @@ def cmd_export(args) -> int:
         finally:
             sink.close()
     print(f"exported: {info['model']}  (verify: {'passed' if info['verified'] else 'FAILED'})")
-    return 0 if info["verified"] else 1
+    return _verification_exit(run, info)
 
 
 def cmd_run(args) -> int:
@@ -158,7 +163,7 @@ def cmd_run(args) -> int:
     from .pipeline import run_all
 
     cfg = _resolve_config(args, args.out)
-    read_document(args.document)
+    text = read_document(args.document).text
     resolve(cfg.teacher, "teacher")
     resolve(cfg.student, "student")
     if args.eval:  # a bad probe file ends here, not after training
@@ -169,6 +174,7 @@ def cmd_run(args) -> int:
     emit, sink = _emitter(run)
     with run.lock():
         try:
+            _check_document(run, text, args.new_document)
             info = run_all(run, cfg, emit, doc=args.document, evaluate=args.eval)
         finally:
             sink.close()
@@ -179,7 +185,35 @@ def cmd_run(args) -> int:
 
         with run.lock():  # the measured example writes to the run's evaluation caches
             side_by_side(run, cfg)
-    return 0
+    return _verification_exit(run, info)
+
+
+# A finished command whose exported model failed its check: scripts must notice (run and export alike).
+EXIT_VERIFY_FAILED = 3
+
+
+def _verification_exit(run, info: dict) -> int:
+    if info["verified"]:
+        return 0
+    print(f"valign: verification failed: the GGUF does not reproduce the merged model's answers "
+          f"(see {run.export_dir / 'verify.json'})", file=sys.stderr)
+    return EXIT_VERIFY_FAILED
+
+
+def _check_document(run, text: str, replace: bool) -> None:
+    """Refuse to generate another document into a run made from a different one, unless ``replace``;
+    then every stage is marked stale (each is redone from the new document)."""
+    from .workspace import STAGES, hash_obj
+
+    recorded = run.stage_info("generate").get("inputs", {}).get("document")
+    if recorded is None and run.document_path.exists():
+        recorded = hash_obj(run.document_path.read_text(encoding="utf-8"))
+    if recorded is None or recorded == hash_obj(text):
+        return
+    if not replace:
+        raise UserError(f"{run.root} was made from a different document; to replace it (its data, training and "
+                        "export are redone) add --new-document, or give --out a new folder")
+    run.invalidate(*STAGES)
 
 
 def cmd_eval(args) -> int:
@@ -271,7 +305,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = verb("run", cmd_run, "all stages: generate data, train SFT + DPO, export GGUF (resumable)")
     p.add_argument("document", type=Path, help="value document (.txt, .md, .html, .pdf, .docx)")
-    p.add_argument("--out", type=Path, required=True, help="run folder (created private to you)")
+    p.add_argument("--out", type=Path, required=True,
+                   help="run folder: a new or empty folder (created private to you), or an existing run")
+    p.add_argument("--new-document", action="store_true",
+                   help="replace the run's document with another one (its data, training and export are redone)")
     p.add_argument("--eval", action="store_true", help="also run the evaluation stage")
     p.add_argument("--show-example", action="store_true",
                    help="end with the measured effect (vanilla vs aligned on the document's shipped probe, "
@@ -279,7 +316,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = verb("generate", cmd_generate, "chunk a document and have the teacher write SFT and DPO data")
     p.add_argument("document", type=Path, help="value document (.txt, .md, .html, .pdf, .docx)")
-    p.add_argument("--out", type=Path, required=True, help="run folder (created private to you)")
+    p.add_argument("--out", type=Path, required=True,
+                   help="run folder: a new or empty folder (created private to you), or an existing run")
+    p.add_argument("--new-document", action="store_true",
+                   help="replace the run's document with another one (its data, training and export are redone)")
 
     p = verb("train", cmd_train, "LoRA SFT then DPO on the run's data (torch/PEFT or MLX)")
     p.add_argument("run", type=Path, help="run folder with generated data")
