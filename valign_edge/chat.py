@@ -18,8 +18,29 @@ def resolve_target(target: Path, vanilla: bool = False) -> tuple[Path, Path | No
     pattern = "base-*.gguf" if vanilla else "model-*.gguf"
     found = sorted((target / "export").glob(pattern))
     if not found:
+        if not (target / "manifest.json").exists():
+            raise UserError(f"{target} is neither a run folder nor a GGUF file")
+        if not (target / "adapters" / "dpo" / "training.json").exists():
+            raise UserError(f"{target} has no exported model: it is not trained yet; "
+                            f"run: valign train {target} && valign export {target}")
         raise UserError(f"{target} has no exported model yet; run: valign export {target}")
     return found[0], target
+
+
+def _rag_index(run_dir: Path | None):
+    """The BM25 index over the run's chunks, or one line saying why there is none."""
+    if run_dir is None:
+        raise UserError("--rag needs a run folder (it retrieves from the run's document)")
+    from .retrieval import ChunkIndex
+    from .workspace import Run, read_jsonl
+
+    run = Run.open(run_dir, create=False)
+    if not read_jsonl(run.chunks_path):
+        if run.manifest().get("purged"):
+            raise UserError(f"{run_dir}'s chunks were purged (valign purge), so --rag has nothing to retrieve; "
+                            "chat without --rag")
+        raise UserError(f"{run_dir} has no chunks for --rag; run: valign generate DOC --out {run_dir}")
+    return ChunkIndex.for_run(run)
 
 
 class ChatSession:
@@ -29,17 +50,10 @@ class ChatSession:
                  max_tokens: int = 256):
         from .backends.llama_cpp import Runtime
 
+        self.index = _rag_index(run_dir) if rag else None  # before the model loads: a refusal is instant
         self.runtime = Runtime(gguf)
         self.history: list[dict] = []
         self.max_tokens = max_tokens
-        self.index = None
-        if rag:
-            if run_dir is None:
-                raise UserError("--rag needs a run folder (it retrieves from the run's document)")
-            from .retrieval import ChunkIndex
-            from .workspace import Run
-
-            self.index = ChunkIndex.for_run(Run.open(run_dir, create=False))
         self.rag_top_k = rag_top_k
 
     def ask(self, question: str):

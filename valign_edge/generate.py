@@ -6,7 +6,7 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
-from . import datasets, models
+from . import advice, datasets, models
 from .chunking import chunk_text
 from .config import RunConfig, to_toml
 from .errors import UserError
@@ -82,7 +82,7 @@ def generate(run: Run, cfg: RunConfig, emit: Callback, doc: str | Path | None = 
                                           cfg.seed, skey)
         counts["teacher"] = teacher.stats()
         if counts["sft_records"] == 0:
-            raise UserError("the teacher produced no usable records; try a larger teacher (--teacher PATH.gguf)")
+            raise UserError(advice.no_records(chunks, counts))
         result.update(counts)
     emit(Event("stage", "generate", json.dumps(counts["splits"])))
     return run.stage_info("generate")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from . import trainplan
+from . import advice, datasets, trainplan
 from .backends import Trainer, choose_backend, load_trainer, trainer_class
 from .config import RunConfig
 from .errors import UserError
@@ -44,14 +44,14 @@ def check_resources(run: Run, base: Path, cfg: RunConfig, trainer: Trainer) -> N
     need, available = training_memory_bytes(base, cfg.train, trainer.micro_batching), available_memory_bytes()
     if available is not None and need > available:
         raise UserError(f"training needs about {need / 1e9:.1f} GB of memory, {available / 1e9:.1f} GB is available; "
-                        f"lower train.micro_batch_tokens (now {cfg.train.micro_batch_tokens}) or train.batch_tokens, "
-                        "or close other programs")
+                        f"{advice.memory(cfg.train)}, or close other programs")
 
 
 def train(run: Run, cfg: RunConfig, emit: Callback, should_stop=lambda: False) -> dict:
     """SFT then DPO; each stage is skipped when its key (``trainplan.stage_key``) is unchanged."""
     for stage in STAGES:
         trainplan.data_hash(run, stage)  # both datasets exist before anything trains
+    datasets.validate(run)  # a bad row is FILE:LINE before any stage starts, never skipped
     choice = choose_backend(cfg.train.backend, cfg.train.device)
     log(emit, "train", f"backend {choice.name} on {choice.device} ({choice.reason})")
     precision = trainer_class(choice.name).precision_for(cfg.train.precision, choice.device)
@@ -91,7 +91,7 @@ def _sft_as_dpo(run: Run, emit: Callback) -> None:
     import json
     import shutil
 
-    log(emit, "train_dpo", "no preference pairs in the data (no value-bearing chunks): DPO skipped, "
+    log(emit, "train_dpo", f"{advice.no_pairs(run.stage_info('generate'))}: DPO skipped, "
                            "the exported model is the SFT model")
     target = run.adapter_dir("dpo")
     shutil.rmtree(target, ignore_errors=True)
