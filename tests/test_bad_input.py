@@ -167,6 +167,57 @@ def make_incompatible(ctx: Ctx) -> None:
     (ctx.run / "manifest.json").write_text(json.dumps(manifest))
 
 
+def damage_line(kind: str, line: str, where: int = 2):
+    """Setup: replace line ``where`` (1-based) of the run's ``data/KIND/train.jsonl`` with ``line``
+    (``where=0``: append ``line`` without a newline, a cut-off last line)."""
+    def setup(ctx: Ctx) -> None:
+        path = ctx.run / "data" / kind / "train.jsonl"
+        lines = path.read_text().splitlines()
+        assert len(lines) >= 2, "the finished run has too little data for this case"
+        if where:
+            lines[where - 1] = line
+            path.write_text("\n".join(lines) + "\n")
+        else:
+            path.write_text("\n".join(lines) + "\n" + line)
+    return setup
+
+
+def set_verified(passed: bool):
+    def setup(ctx: Ctx) -> None:
+        path = ctx.run / "export" / "verify.json"
+        path.write_text(json.dumps(dict(json.loads(path.read_text()), passed=passed)))
+    return setup
+
+
+def user_folder(ctx: Ctx) -> Path:
+    folder = ctx.tmp / "proj"
+    for name, text in (("document.txt", "my own document"), ("notes.txt", "mine"), (".git/HEAD", "ref")):
+        ctx.file(f"proj/{name}", text)
+    return folder
+
+
+def purged(ctx: Ctx) -> None:
+    assert valign("purge", ctx.run, env=ctx.env).returncode == 0
+
+
+def no_pairs_after_filters(ctx: Ctx) -> None:
+    """Value cues were found, and every candidate pair was rejected: the data holds no DPO pair."""
+    (ctx.run / "data" / "dpo" / "train.jsonl").write_text("")
+    manifest = json.loads((ctx.run / "manifest.json").read_text())
+    manifest["stages"]["generate"].update(value_chunks=2, dpo_records=0, rejected={"same_pair": 2, "off_topic": 1})
+    (ctx.run / "manifest.json").write_text(json.dumps(manifest, indent=2))
+
+
+def names_the_rejected_pairs(ctx: Ctx, proc) -> None:
+    assert "2 chunks carry value cues, but every candidate pair was rejected" in proc.stderr, proc.stderr[-2000:]
+    assert "no value-bearing" not in proc.stderr
+
+
+HEADINGS_ONLY = "# Harbour Code\n\n" + "".join(f"## {t}\n\n" for t in (
+    "Respect for every visitor", "Privacy of what visitors say", "Safety on the quay", "Honesty about mistakes",
+    "Care for the boats", "Kindness to new volunteers", "Fairness in the rota", "Reporting a problem")) * 4
+
+
 # --- runners ------------------------------------------------------------------------------------------------
 def _events_after(path: Path, offset: int) -> list[dict]:
     if not path.exists():
@@ -360,7 +411,58 @@ CASES = [
     Case("config file with an unknown section",
          lambda c: c.same_run("--config", c.file("s.toml", "[training]\nlora_rank = 4\n")), "unknown config section",
          run="finished"),
+    Case("LoRA rank 0", lambda c: c.same_run("--set", "train.lora_rank=0"), "out of range", run="finished"),
+    Case("learning rate nan", lambda c: c.same_run("--set", "train.sft_lr=nan"), "not a finite number",
+         run="finished"),
+    Case("learning rate inf", lambda c: c.same_run("--set", "train.dpo_lr=inf"), "not a finite number",
+         run="finished"),
+    Case("held-out fractions that leave nothing to train on",
+         lambda c: c.same_run("--set", "generate.valid_fraction=0.5", "--set", "generate.test_fraction=0.5"),
+         "nothing to train on", run="finished"),
+    Case("held-out fraction 1", lambda c: c.same_run("--set", "generate.valid_fraction=1"), "out of range",
+         run="finished"),
+    Case("no questions per chunk", lambda c: c.same_run("--set", "generate.questions_per_chunk=0"),
+         "questions per chunk", run="finished"),
+    Case("a million questions per chunk", lambda c: c.same_run("--set", "generate.questions_per_chunk=1000000"),
+         "questions per chunk", run="finished"),
+    Case("chunks of 0 tokens", lambda c: c.same_run("--set", "generate.chunk_tokens=0"), "tokens per chunk",
+         run="finished"),
+    Case("sequences too long for the memory", lambda c: ["train", c.run, "--set", "train.max_seq_len=100000"],
+         "lower train.max_seq_len", run="train_sft"),
+    # data files: a bad line is FILE:LINE and exit 2, never skipped
+    Case("truncated line in the SFT data", lambda c: ["train", c.run], "train.jsonl:2: not valid JSON",
+         run="finished", setup=damage_line("sft", '{"messages": [{"role": "user", "content": "Wh')),
+    Case("a line that is not JSON in the SFT data", lambda c: ["train", c.run], "train.jsonl:2: not valid JSON",
+         run="finished", setup=damage_line("sft", "this is not json")),
+    Case("an SFT row of the wrong shape", lambda c: ["train", c.run], "train.jsonl:2: an SFT row needs",
+         run="finished", setup=damage_line("sft", '{"foo": 1}')),
+    Case("a number as a DPO row", lambda c: ["train", c.run], "train.jsonl:2: expected a JSON object",
+         run="finished", setup=damage_line("dpo", "42")),
+    Case("a DPO row without its rejected answer", lambda c: ["train", c.run], "rejected",
+         run="finished", setup=damage_line("dpo", '{"prompt": "May I?", "chosen": "No."}')),
+    Case("a cut-off last line in the SFT data (written whole, so not a torn append)",
+         lambda c: ["train", c.run], "not valid JSON", run="finished", setup=damage_line("sft", '{"messa', where=0)),
+    # advice that names the real cause
+    Case("a document of headings only", lambda c: ["generate", c.file("headings.md", HEADINGS_ONLY), "--out", c.new,
+                                                   *GENERATE_ONE_CHUNK], "only headings"),
+    Case("DPO pairs all rejected by the filters", lambda c: ["train", c.run], ACCEPTED, run="train_dpo",
+         setup=no_pairs_after_filters, check=names_the_rejected_pairs, damage_check=False),
+    Case("chat with a run that is not trained yet", lambda c: ["chat", c.run, "--prompt", "hi"], "not trained yet",
+         run="train_sft"),
+    Case("chat --rag on a purged run", lambda c: ["chat", c.run, "--rag", "--prompt", "hi"], "were purged",
+         run="finished", setup=purged),
+    # a failed verification: the same non-zero code from run and export
+    Case("run whose exported model failed verification", lambda c: c.same_run(), "verification failed", code=3,
+         run="finished", setup=set_verified(False)),
+    Case("export whose model failed verification", lambda c: ["export", c.run], "verification failed", code=3,
+         run="finished", setup=set_verified(False)),
     # run folders
+    Case("--out a folder that is not a run (the user's files stay)",
+         lambda c: ["generate", c.doc, "--out", user_folder(c)], "not a valign run folder"),
+    Case("another document into a finished run", lambda c: ["generate", c.file("other.md", CANARY_DOC.replace(
+        "Volunteers", "Helpers")), "--out", c.run], "different document", run="finished"),
+    Case("manifest of the wrong JSON type", lambda c: c.same_run(), "not a valign manifest", run="finished",
+         setup=lambda c: (c.run / "manifest.json").write_text("[]")),
     Case("run folder from an incompatible version", lambda c: c.same_run(), "incompatible", run="finished",
          setup=make_incompatible),
     Case("corrupt manifest", lambda c: c.same_run(), "unreadable", run="finished",
