@@ -1,9 +1,10 @@
 """LoRA SFT and DPO on MLX, through mlx-lm's in-process API (Apple Silicon, or a Linux CPU).
 
 The model comes from ``mlx_lm.utils.load_model`` and LoRA layers from ``linear_to_lora_layers``;
-each optimizer step is mlx-lm's (``value_and_grad`` and the update, compiled over the model's,
-the optimizer's and the random state) with our loss, in our loop. What we add, mirroring the
-torch backend so both see the same sequences, batches, learning rates and clipping:
+each optimizer step is compiled as ``mlx_lm.tuner.train`` compiles it (``nn.value_and_grad`` and
+the update over the model's, the optimizer's and the random state), with our loss, in our own loop
+(no swapping out of mlx-lm's progress display). What we add, mirroring the torch backend so both see
+the same sequences, batches, learning rates and clipping:
 
 - the stage plan from ``valign_edge.trainplan`` (rows, prompt masks, length-bucketed batches,
   key), padded to a multiple of ``PAD_MULTIPLE`` so the compiled step is traced for few shapes;
