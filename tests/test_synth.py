@@ -75,7 +75,7 @@ def test_duplicates_and_off_topic_questions_are_filtered():
 
 
 def test_dpo_pair_uses_teacher_opposite_or_negation_and_never_identical():
-    cfg = GenerateConfig(pairs_per_chunk=1, max_retries=0)
+    cfg = GenerateConfig(pairs_per_chunk=1, max_retries=0, situations_per_norm=0)  # the teacher-situation path
     good = FakeTeacher([qjson("Should I accept a dinner paid by a supplier?")])
     rec = Synthesizer(good, cfg).dpo_for_chunk(chunk())
     item = rec["items"][0]

@@ -30,7 +30,14 @@ class GenerateConfig:
     chunk_overlap: int = opt(32, "tokens shared by consecutive pieces of a section split across chunks")
     max_chunks: int = opt(0, "use only the first N chunks (0: all)")
     questions_per_chunk: int = opt(4, "questions the teacher writes per chunk (sampled)")
-    pairs_per_chunk: int = opt(3, "faithful/unfaithful answer pairs per value-bearing chunk")
+    pairs_per_chunk: int = opt(3, "faithful/unfaithful answer pairs per value-bearing chunk in which no norm is "
+                                  "recognized (situations written by the teacher)")
+    situations_per_norm: int = opt(6, "yes/no situations per norm the document states (must, never, has the "
+                                      "right, ...), each with a faithful and an unfaithful answer (0: none)")
+    rephrasings_per_norm: int = opt(3, "situations the teacher rewords per norm (sampled); kept when they "
+                                       "still ask the same thing")
+    negatives: str = opt("contrastive", "who writes unfaithful answers: contrastive (the teacher argues for "
+                                        "the other side, no document) or negation (rule-based flips)")
     question_temperature: float = opt(0.9, "sampling temperature for questions and scenarios")
     answer_style: str = opt("extractive", "extractive (the teacher picks the chunk's answering sentences; "
                                           "right for tiny teachers) or free (the teacher writes answers)")
@@ -142,6 +149,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 CHOICES = {
     "generate.answer_style": ("extractive", "free"),
+    "generate.negatives": ("contrastive", "negation"),
     "train.backend": ("auto", "torch", "mlx"),
     "train.device": ("auto", "cpu", "cuda", "mps"),
     "train.precision": ("auto", "fp32", "bf16"),
@@ -248,6 +256,8 @@ LIMITS: dict[str, tuple[float | None, float | None, str]] = {
     "generate.chunk_tokens": (32, 8192, "tokens per chunk"),
     "generate.questions_per_chunk": (1, 50, "questions per chunk"),
     "generate.pairs_per_chunk": (0, 50, "pairs per chunk"),
+    "generate.situations_per_norm": (0, 50, "situations per norm"),
+    "generate.rephrasings_per_norm": (0, 20, "rewordings per norm"),
     "generate.question_temperature": (0, 2, "a sampling temperature"),
     "generate.answer_max_tokens": (8, 4096, "tokens per answer"),
     "generate.max_retries": (0, 20, "retries"),

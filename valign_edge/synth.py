@@ -9,10 +9,7 @@ prefix, so llama.cpp reuses the chunk's KV cache between them. Outputs are appen
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict
-from functools import lru_cache
-from importlib import resources
 from typing import Any
 
 from . import filters
@@ -22,32 +19,8 @@ from .config import GenerateConfig
 from .errors import Cancelled
 from .events import Callback, Progress, log
 from .negate import contradict
+from .teacher_io import chunk_seed, count as _count, messages, parse_list, prompt  # noqa: F401 (re-exported)
 from .workspace import Run, append_jsonl, hash_obj, read_jsonl
-
-
-@lru_cache(maxsize=None)
-def prompt(name: str) -> str:
-    return resources.files("valign_edge").joinpath("prompts", f"{name}.txt").read_text(encoding="utf-8").strip()
-
-
-def messages(task: str, chunk: str, **fields: Any) -> list[dict]:
-    return [{"role": "system", "content": prompt("system")},
-            {"role": "user", "content": prompt(task).format(chunk=chunk, **fields)}]
-
-
-def parse_list(text: str, key: str, n: int) -> list | None:
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError:
-        return None
-    items = data.get(key) if isinstance(data, dict) else None
-    if not isinstance(items, list) or len(items) != n:
-        return None
-    return items
-
-
-def chunk_seed(seed: int, chunk_id: str, attempt: int, salt: str) -> int:
-    return int(hash_obj([seed, chunk_id, attempt, salt]), 16) % (2**31 - 1)
 
 
 def synth_key(cfg: GenerateConfig, teacher_id: str, seed: int) -> str:
@@ -166,6 +139,13 @@ class Synthesizer:
         cues = filters.value_cues(chunk.text)
         record = {"chunk_id": chunk.id, "span": [chunk.start, chunk.end], "value_cues": cues, "items": [],
                   "rejected": rejected}
+        if cfg.situations_per_norm > 0:
+            from .stances import StanceWriter
+
+            record["items"] = StanceWriter(self.teacher, cfg, self.seed).pairs(
+                chunk, self.scenarios, rejected)
+            if record["items"]:
+                return record
         if len(cues) < cfg.value_threshold or cfg.pairs_per_chunk == 0:
             record["skipped"] = "no value cues"
             return record
@@ -180,10 +160,6 @@ class Synthesizer:
             record["items"].append({"prompt": situation, "chosen": chosen, "rejected": bad[0], "rejected_by": bad[1]})
             self.scenarios.add(situation)
         return record
-
-
-def _count(rejected: dict, reason: str) -> None:
-    rejected[reason] = rejected.get(reason, 0) + 1
 
 
 def synthesize(run: Run, chunks: list[Chunk], teacher: Teacher, cfg: GenerateConfig, seed: int, teacher_id: str,

@@ -1,0 +1,59 @@
+"""Preference accuracy of a run's systems on hand-written probes, without answer generation.
+
+    python bench/probe_pref.py RUN PROBE.jsonl [PROBE2.jsonl ...] [--systems vanilla,sft,dpo]
+
+The same code and cache as ``valign eval --probe`` (preference rows only): a quick check while
+tuning generation and training. Prints accuracy, its 95% interval, n and the mean margin per system.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from valign_edge import metrics  # noqa: E402
+from valign_edge.config import resolve  # noqa: E402
+from valign_edge.cpu import auto_threads  # noqa: E402
+from valign_edge.eval_answers import preference_scores  # noqa: E402
+from valign_edge.eval_probes import load_probe  # noqa: E402
+from valign_edge.eval_systems import Context, Retriever, find_systems, system_keys  # noqa: E402
+from valign_edge.events import null_callback  # noqa: E402
+from valign_edge.workspace import Run, read_jsonl  # noqa: E402
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("run")
+    ap.add_argument("probes", nargs="+")
+    ap.add_argument("--systems", default="vanilla,sft,dpo")
+    ap.add_argument("--json", help="also write the summaries here")
+    args = ap.parse_args()
+    run = Run(Path(args.run))
+    cfg = copy.deepcopy(resolve(run.config_path))
+    cfg.eval.systems = args.systems
+    systems = find_systems(run, cfg, null_callback)
+    ctx = Context(run, cfg, null_callback, systems, threads=auto_threads(0, 0))
+    retriever = Retriever(read_jsonl(run.chunks_path), cfg.eval.rag_top_k)
+    keys = system_keys(systems, cfg, retriever, {})
+    out = {}
+    for path in args.probes:
+        probe = load_probe(path)
+        prefs = preference_scores(ctx, keys, probe.pairs, retriever, probe.name)
+        for s in systems:
+            summary = metrics.preference_summary(prefs[s.name], cfg.eval.bootstrap, cfg.seed)
+            out[f"{probe.name}/{s.name}"] = summary
+            ci = summary["ci95"] or [float("nan")] * 2
+            print(f"{probe.name:>28} {s.name:>8}: acc {summary['accuracy']:.3f} [{ci[0]:.3f}, {ci[1]:.3f}] "
+                  f"n={summary['n']} margin {summary['mean_margin']:+.3f}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(out, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

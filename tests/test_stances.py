@@ -1,0 +1,124 @@
+"""Norm parsing and stance pairs: verdicts known by construction, rewordings that keep the meaning,
+negatives written by the teacher for the other side (a fake teacher: this tests parsing and filtering)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from valign_edge import norms
+from valign_edge.chunking import Chunk
+from valign_edge.config import GenerateConfig
+from valign_edge.filters import QuestionIndex
+from valign_edge.stances import StanceWriter, reason
+
+
+@pytest.mark.parametrize("clause, kind, action", [
+    ("Never discuss patients in public places or on social media, even without names.", norms.FORBID,
+     "discuss patients in public places or on social media, even without names"),
+    ("You must not accept gifts from suppliers.", norms.FORBID, "accept gifts from suppliers"),
+    ("Everyone has the right to leave any country, including his own.", norms.RIGHT,
+     "leave any country, including their own"),
+    ("No one shall be subjected to arbitrary arrest, detention or exile.", norms.SHIELD,
+     "subjected to arbitrary arrest, detention or exile"),
+    ("Harassment, bullying and discrimination are not tolerated.", norms.BAN, "harassment, bullying and discrimination"),
+    ("If you lose a device that holds patient data, report it to the Privacy Officer the same day.", norms.REQUIRE,
+     "report it to the Privacy Officer the same day if I lose a device that holds patient data"),
+    ("We never refuse urgent care because a patient cannot pay.", norms.FORBID,
+     "refuse urgent care because a patient cannot pay"),
+    ("(2) Everyone has the right to equal pay for equal work.", norms.RIGHT, "equal pay for equal work"),
+])
+def test_parse_finds_operator_and_action(clause, kind, action):
+    norm = norms.parse(clause)
+    assert norm is not None and (norm.kind, norm.action) == (kind, action)
+
+
+def test_parse_ignores_sentences_without_a_norm():
+    assert norms.parse("Harborlight is a worker-owned cooperative that runs community health clinics.") is None
+    assert norms.parse("Article 3") is None
+
+
+def test_two_norms_in_one_sentence_and_the_reason_is_the_whole_sentence():
+    found = norms.norms("Disagree with ideas, never attack people.")
+    assert [(n.kind, n.action) for n in found] == [(norms.REQUIRE, "disagree with ideas"), (norms.FORBID, "attack people")]
+    assert all(n.sentence == "Disagree with ideas, never attack people." for n in found)
+
+
+def test_variants_split_short_lists_but_keep_narrowing_clauses():
+    assert norms.variants("falsify a record, a timesheet or an expense claim") == [
+        "falsify a record, a timesheet or an expense claim", "falsify a record", "falsify a timesheet",
+        "falsify an expense claim"]
+    assert norms.variants("refuse urgent care because a patient cannot pay") == [
+        "refuse urgent care because a patient cannot pay"]
+
+
+def test_verdicts_follow_the_norm_for_both_kinds_of_question():
+    forbid = norms.situations(norms.parse("Do not copy records to personal devices."))
+    by_question = {s.question: s for s in forbid}
+    can = by_question["Can I copy records to personal devices?"]
+    assert (can.yes, can.faithful.split(",")[0], can.unfaithful.split(",")[0]) == (False, "No", "Yes")
+    refuse = next(s for s in forbid if s.question.startswith("Should I refuse"))
+    assert refuse.yes and refuse.faithful.startswith("Yes")
+    right = norms.situations(norms.parse("Everyone has the right to rest and leisure."))
+    assert right[0].question == "Do I have the right to rest and leisure?" and right[0].faithful.startswith("Yes")
+    # both answers of the document appear across a norm's questions, so no topic is always "no"
+    assert {s.yes for s in forbid} == {True, False} and {s.yes for s in right} == {True, False}
+
+
+class FakeTeacher:
+    """Replies by task: rewordings as JSON, and for the unfaithful side the forced verdict plus text."""
+
+    def __init__(self, rewordings: list[str], against: str):
+        self.rewordings, self.against, self.calls = rewordings, against, []
+
+    def generate(self, messages, *, grammar=None, temperature=0.0, max_tokens=256, seed=None):
+        self.calls.append(messages)
+        if "Rewrite this question" in messages[-1]["content"]:
+            return json.dumps({"questions": self.rewordings})
+        head = grammar.split('"', 2)[1]  # the literal verdict the grammar forces
+        return f"{head} {self.against}"
+
+    def count_tokens(self, text):
+        return len(text.split())
+
+
+CHUNK_TEXT = "## Privacy\n\nDo not copy records to personal devices or personal email accounts.\n"
+
+
+def writer(teacher, **cfg) -> StanceWriter:
+    return StanceWriter(teacher, GenerateConfig(**cfg), 0)
+
+
+def test_pairs_take_the_document_side_and_the_teacher_argues_the_other():
+    teacher = FakeTeacher(["Can I put patient records on my personal laptop?",
+                           "Should I never copy records to my phone?",       # adds a negation: meaning changed
+                           "What is a record?"],                               # not yes/no
+                          "Lots of people keep copies at home and it saves time.")
+    rejected: dict = {}
+    items = writer(teacher, situations_per_norm=20).pairs(Chunk("c0", 0, len(CHUNK_TEXT), "Privacy", CHUNK_TEXT),
+                                                          QuestionIndex(0.7), rejected)
+    assert items, rejected
+    for item in items:
+        assert item["chosen"].endswith("Do not copy records to personal devices or personal email accounts.")
+        assert item["rejected_by"] == "teacher" and item["rejected"].endswith("saves time.")
+        assert item["chosen"].split(",")[0] != item["rejected"].split(",")[0]  # opposite verdicts
+    prompts = [i["prompt"] for i in items]
+    assert any("personal laptop" in p for p in prompts)
+    assert not any("never copy" in p or "What is" in p for p in prompts)
+    assert rejected.get("changed_meaning") == 1 and rejected.get("not_yes_no") == 1
+    # the unfaithful side is written without the document in sight
+    assert all("<document>" not in m["content"] for msgs in teacher.calls for m in msgs
+               if "Rewrite" not in msgs[-1]["content"])
+
+
+def test_unusable_teacher_text_falls_back_to_the_rule_based_flip():
+    teacher = FakeTeacher([], "Do not copy records to personal devices or personal email accounts.")
+    items = writer(teacher, rephrasings_per_norm=0).pairs(Chunk("c0", 0, len(CHUNK_TEXT), "Privacy", CHUNK_TEXT),
+                                                         QuestionIndex(0.7), {})
+    assert items and all(i["rejected_by"] == "negation" for i in items)
+    assert all("Always copy records" in i["rejected"] for i in items)
+
+
+def test_reason_reads_as_a_sentence():
+    assert reason("we learn from errors;") == "We learn from errors."

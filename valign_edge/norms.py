@@ -1,0 +1,245 @@
+"""Norms: the value-bearing clauses of a document, and yes/no situations whose verdict they decide.
+
+A 135M teacher cannot tell whether a document allows what a question asks about, so the verdict
+is known by construction instead: a clause is parsed for its operator (``never``, ``must not``,
+``has the right to``, ``may``, an imperative, ...) and its action, and questions are built that
+ask about doing the action (or refusing it). The document's own clause is the reason given in
+the faithful answer; the teacher later rephrases the questions and argues the other side.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from .filters import sentences, words
+
+# kind: forbid (the action is wrong), require (the action is expected), right (everyone may claim
+# it), permit (the action is allowed), ban (a named behaviour is not tolerated), shield (no one may
+# be subjected to the action).
+FORBID, REQUIRE, RIGHT, PERMIT, BAN, SHIELD = "forbid", "require", "right", "permit", "ban", "shield"
+
+
+@dataclass(frozen=True)
+class Norm:
+    kind: str
+    action: str      # a verb phrase (base form, first person) or, for rights/bans, a noun phrase
+    sentence: str    # the document's clause: the reason quoted by the faithful answer
+    subject: str = "I"
+
+
+_PRONOUNS = [(r"\byourself\b", "myself"), (r"\byourselves\b", "ourselves"), (r"\byour\b", "my"),
+             (r"\b(to|for|with|from|at|about|against|by|toward|tell|tells|told|give|gives|ask|asks|help|helps)\s+you\b",
+              r"\1 me"), (r"\byou\b", "I"), (r"\bhis or her\b", "their"), (r"\bhis\b", "their"),
+             (r"\bhim\b", "them"), (r"\bhimself\b", "themselves")]
+
+_IMPERATIVES = ("treat", "follow", "use", "keep", "report", "declare", "stop", "tell", "respect", "protect",
+                "explain", "disagree", "be", "act", "raise", "speak", "ask", "help", "listen", "avoid", "give",
+                "show", "take", "make", "let", "share", "include", "welcome", "accept", "apologize", "focus",
+                "lock", "check", "wash", "wear", "return", "protect", "support", "seek", "consult", "remember")
+
+_RULES: list[tuple[str, re.Pattern]] = [
+    (SHIELD, re.compile(r"^(?:no one|nobody|no person)\s+(?:shall|may|can|must)\s+be\s+(?P<a>.+)$", re.I)),
+    (FORBID, re.compile(r"^(?:no one|nobody)\s+(?:shall|may|must|should)\s+(?P<a>.+)$", re.I)),
+    (RIGHT, re.compile(r"^(?P<w>[\w ,-]{3,60}?)\s+(?:has|have)\s+(?:the|a|an|an equal|a prior|equal)\s+rights?\s+to\s+"
+                       r"(?P<a>.+)$", re.I)),
+    (RIGHT, re.compile(r"^(?P<w>everyone|all|every person)\s+(?:is|are)\s+entitled\s+(?:[\w ]*?\s)??to\s+(?P<a>.+)$",
+                       re.I)),
+    (BAN, re.compile(r"^(?P<a>.+?)\s+(?:is|are)\s+(?:not tolerated|forbidden|prohibited|not allowed|not permitted|"
+                     r"not acceptable|unacceptable)\b.*$", re.I)),
+    (BAN, re.compile(r"^(?P<a>.+?)\s+shall\s+be\s+prohibited\b.*$", re.I)),
+    (FORBID, re.compile(r"^(?:(?P<s>we|you)\s+)?(?:must not|must never|shall not|should not|should never|"
+                        r"may not|cannot|can not|never|do not|don't|will not|won't)\s+(?P<a>.+)$", re.I)),
+    (REQUIRE, re.compile(r"^(?P<s>we|you)\s+(?:must|shall|should|are expected to|are required to|have to|"
+                         r"need to|always)\s+(?P<a>.+)$", re.I)),
+    (PERMIT, re.compile(r"^(?P<s>you|we)\s+(?:may|can|are free to|are welcome to)\s+(?P<a>.+)$", re.I)),
+    (PERMIT, re.compile(r"^(?!nothing\b|no\b)(?P<a>[\w ,'-]+?)\s+may\s+be\s+(?P<v>\w+ed\b.*)$", re.I)),
+]
+
+
+def _first_person(text: str) -> str:
+    for pattern, repl in _PRONOUNS:
+        text = re.sub(pattern, repl, text)
+    return text
+
+
+def _clauses(sentence: str) -> list[str]:
+    """A sentence split where a second norm starts: ``Disagree with ideas, never attack people``."""
+    parts = re.split(r";\s*|,?\s+and (?=we\b)|,\s+(?=(?:never|always|and never|but never|and do not|do not)\b)",
+                     sentence)
+    return [p.strip(" .;:").removeprefix("and ").removeprefix("but ").strip() for p in parts if len(words(p)) >= 3]
+
+
+def _tidy(action: str) -> str:
+    return action.strip().rstrip(".;:!")
+
+
+def _lower_first(text: str) -> str:
+    """``Harassment, bullying ...`` -> ``harassment, ...``; an acronym or a name-like word stays."""
+    first = text.split(" ", 1)[0]
+    return text if first[1:2].isupper() or first.lower() in ("i",) else text[0].lower() + text[1:]
+
+
+def parse(clause: str) -> Norm | None:
+    """The norm a clause states, or None when it states none this module understands."""
+    clause = re.sub(r"^\(\d+\)\s*", "", clause.strip(" .;:"))
+    cond = ""
+    m = re.match(r"^(?P<c>if [^,]{4,120}),\s+(?P<rest>.+)$", clause, re.I)
+    if m:  # "If you lose a device, report it": the condition stays in the question
+        cond, clause = " " + _first_person(m["c"][0].lower() + m["c"][1:]), m["rest"]
+    for kind, pattern in _RULES:
+        m = pattern.match(clause)
+        if not m:
+            continue
+        groups = m.groupdict()
+        if groups.get("v"):  # "Small gifts ... may be accepted"
+            return Norm(PERMIT, f"{_lower_first(_tidy(m['a']))} be {_tidy(m['v'])}", clause, subject="passive")
+        action = _tidy(m["a"])
+        if len(words(action)) < 2:
+            return None
+        if kind == RIGHT:
+            who = groups["w"].lower()
+            everyone = who in ("everyone", "all", "every person", "each person") or who.startswith(("every", "all "))
+            return Norm(kind, _first_person(action), clause, "I" if everyone else who)
+        if kind in (BAN, SHIELD):
+            return Norm(kind, _lower_first(_first_person(action)), clause)
+        subject = "we" if (groups.get("s") or "").lower() == "we" else "I"
+        return Norm(kind, _first_person(action) + cond, clause, subject)
+    first = clause.split(" ", 1)[0].lower()
+    if first in _IMPERATIVES and len(words(clause)) >= 3:
+        return Norm(REQUIRE, _first_person(clause[0].lower() + clause[1:]) + cond, clause)
+    if re.match(r"^we\s+(?!are\b|were\b|have been\b)\w+", clause, re.I) and len(words(clause)) >= 4:
+        return Norm(REQUIRE, _tidy(clause.split(" ", 1)[1]) + cond, clause, subject="we")
+    return None
+
+
+def norms(chunk_text: str) -> list[Norm]:
+    """Every norm stated in a chunk, in order, without repeats; each quotes its whole sentence."""
+    found: list[Norm] = []
+    for sent in sentences(chunk_text):
+        for clause in _clauses(sent):
+            norm = parse(clause)
+            if norm and norm.action not in {n.action for n in found}:
+                found.append(Norm(norm.kind, norm.action, sent, norm.subject))
+    return found
+
+
+@dataclass(frozen=True)
+class Situation:
+    question: str
+    yes: bool         # does the document's side answer "yes"?
+    faithful: str     # the verdict that takes the document's side
+    unfaithful: str   # the verdict that takes the other side
+
+
+# (template, document says yes?, faithful verdict, unfaithful verdict) per kind. {a}: the action.
+_TEMPLATES: dict[str, list[tuple[str, bool, str, str]]] = {
+    FORBID: [
+        ("Can {s} {a}?", False, "No, {s2} should not.", "Yes, {s2} can."),
+        ("Is it okay if {s} {a}?", False, "No, it is not okay.", "Yes, that is okay."),
+        ("My manager asked me to {a}. Should I do it?", False, "No, you should not do it.",
+         "Yes, you should do what your manager asks."),
+        ("Everyone around here seems to {a}. Is that acceptable?", False, "No, it is not acceptable.",
+         "Yes, it is acceptable."),
+        ("Should I refuse if someone asks me to {a}?", True, "Yes, you should refuse.",
+         "No, there is no need to refuse."),
+    ],
+    REQUIRE: [
+        ("Should {s} {a}?", True, "Yes, {s2} should.", "No, {s2} do not need to."),
+        ("Do {s} really have to {a}?", True, "Yes, {s2} do.", "No, not really."),
+        ("Is it okay if {s} do not {a}?", False, "No, it is not okay.", "Yes, that is fine."),
+        ("A colleague told me there is no need to {a}. Is that right?", False, "No, that is not right.",
+         "Yes, that is right."),
+    ],
+    PERMIT: [
+        ("Can {s} {a}?", True, "Yes, {s2} can.", "No, {s2} cannot."),
+        ("Would it be wrong to {a}?", False, "No, it would not be wrong.", "Yes, it would be wrong."),
+        ("I was told I am never allowed to {a}. Is that true?", False, "No, that is not true.",
+         "Yes, that is true."),
+    ],
+    RIGHT: [
+        ("Do I have the right to {a}?", True, "Yes, you do.", "No, you do not."),
+        ("Do {w} have the right to {a}?", True, "Yes, they do.", "No, they do not."),
+        ("Can anyone take away my right to {a}?", False, "No, no one can take it away.",
+         "Yes, it can be taken away."),
+        ("Is it fair to deny people the right to {a}?", False, "No, it is not fair.", "Yes, that can be fair."),
+        ("Should everyone be able to claim the right to {a}?", True, "Yes, everyone should.",
+         "No, not everyone should."),
+    ],
+    BAN: [
+        ("Is {a} acceptable?", False, "No, it is not acceptable.", "Yes, it is acceptable."),
+        ("Is it best to just ignore {a}?", False, "No, it should not be ignored.", "Yes, it is best to ignore it."),
+        ("Should {a} be reported when I see it?", True, "Yes, it should be reported.",
+         "No, it is better to ignore it."),
+    ],
+    SHIELD: [
+        ("Can someone be {a}?", False, "No, no one can be.", "Yes, in some cases someone can be."),
+        ("Is it acceptable for a person to be {a}?", False, "No, it is never acceptable.",
+         "Yes, sometimes it is acceptable."),
+        ("Should everyone be protected from being {a}?", True, "Yes, everyone should be protected.",
+         "No, not everyone needs that protection."),
+    ],
+}
+
+
+_PREPS = r"(?:to|in|on|at|for|from|with|about|into|of)"
+
+
+def variants(action: str) -> list[str]:
+    """The action, its core, and the items of a short list in it: ``falsify a record, a timesheet
+    or an expense claim`` -> ``falsify a record``, ``falsify a timesheet``, ... Shorter wordings make
+    the questions about one norm differ in more than their frame."""
+    out = [action]
+    # only clauses that widen the norm are cut ("even without names", "regardless of role"); a clause
+    # that narrows it ("only when", "because", "unless") stays, or the verdict would be wrong
+    core = re.split(r",?\s(?:regardless|whatever|even|including|either|not only)\b", action)[0].strip()
+    items = [i.strip() for i in re.split(r",\s*(?:or\s+|and\s+)?|\s+or\s+", core) if i.strip()]
+    if len(items) >= 2 and all(len(words(i)) <= 4 for i in items[1:]):
+        first = items[0].split()
+        preps = [k for k, w in enumerate(first) if re.fullmatch(_PREPS, w)]
+        for item in items[1:]:
+            if re.match(_PREPS + r"\s", item):  # "... in public places", "on social media"
+                head = first[: preps[-1]] if preps else first[:1]
+            else:
+                head = first[: preps[-1] + 1] if preps else first[:1]
+            out.append(" ".join(head + [item]))
+            if re.search(r"\s" + _PREPS + r"\s", item):  # what follows belongs to this item's preposition
+                break
+        out.insert(1, items[0])
+    elif core != action and len(words(core)) >= 2:
+        out.append(core)
+    seen: list[str] = []
+    for v in out:
+        if v not in seen and len(words(v)) >= 1:
+            seen.append(v)
+    return seen
+
+
+def situations(norm: Norm) -> list[Situation]:
+    """Yes/no questions about a norm, each with the verdict the document gives and its opposite;
+    successive questions use successive wordings of the action."""
+    kind = PERMIT if norm.subject == "passive" else norm.kind
+    wordings = variants(norm.action) if kind in (FORBID, REQUIRE, PERMIT) and norm.subject != "passive" else \
+        [norm.action]
+    out = []
+    for i, (template, yes, good, bad) in enumerate(_TEMPLATES[kind]):
+        if kind == PERMIT and i > 0 and re.search(r"\bonly\b", norm.action):
+            continue  # "never allowed to look ... only when I need it" reads as a riddle
+        if norm.subject == "passive":
+            if not template.startswith("Can"):
+                continue
+            q = f"Can {norm.action}?"
+            good, bad = "Yes, that is allowed.", "No, that is not allowed."
+        else:
+            s, s2 = ("we", "we") if norm.subject == "we" else ("I", "you")
+            if "{s}" not in template and norm.subject == "we":
+                template = template.replace(" me ", " us ").replace("I ", "we ")
+            if norm.kind == RIGHT and ((norm.subject == "I") == ("{w}" in template)):
+                continue
+            if norm.kind == RIGHT and norm.subject != "I":
+                template = template.replace("my right", "their right").replace("people the right", f"{norm.subject} the right")
+            q = template.format(a=wordings[i % len(wordings)], s=s, w=norm.subject)
+            good, bad = good.format(s2=s2), bad.format(s2=s2)
+        q = q[0].upper() + q[1:]
+        out.append(Situation(q, yes, good, bad))
+    return out
