@@ -183,6 +183,27 @@ def assert_one_line_error(proc: subprocess.CompletedProcess, code: int = 2, cont
     return lines[0]
 
 
+# --- markers ---------------------------------------------------------------------------------------
+_CUDA: list[bool] = []
+
+
+def cuda_available() -> bool:
+    """torch sees a CUDA GPU (imported only when a ``gpu`` test is about to run)."""
+    if not _CUDA:
+        try:
+            import torch
+        except ImportError:
+            _CUDA.append(False)
+        else:
+            _CUDA.append(bool(torch.cuda.is_available()))
+    return _CUDA[0]
+
+
+def pytest_runtest_setup(item):
+    if item.get_closest_marker("gpu") is not None and not cuda_available():
+        pytest.skip("needs a CUDA GPU (torch sees none here)")
+
+
 # --- models ---------------------------------------------------------------------------------------
 def teacher_path() -> Path | None:
     from valign_edge.models import catalog, preset_path
@@ -227,14 +248,6 @@ def tiny_student(tmp_path_factory, teacher_gguf) -> Path:
     return make_tiny_llama(tmp_path_factory.mktemp("tiny-student"))
 
 
-def evaluate_available() -> bool:
-    try:
-        import valign_edge.evaluate  # noqa: F401
-    except Exception:  # not written yet, or mid-edit
-        return False
-    return True
-
-
 # --- the shared finished run ------------------------------------------------------------------------
 @dataclasses.dataclass
 class FinishedRun:
@@ -247,7 +260,7 @@ class FinishedRun:
     started: float
     seconds: float
     tmpdir: Path  # TMPDIR the run was given
-    eval_proc: subprocess.CompletedProcess | None  # ``valign eval RUN`` after the run (None: no evaluate yet)
+    eval_proc: subprocess.CompletedProcess | None  # ``valign eval RUN`` after the run (None: the run failed)
 
     def command(self, out: Path | None = None) -> list[str]:
         """The ``valign run`` arguments that made this run (for another folder: ``out``)."""
@@ -276,8 +289,8 @@ def reference_run(tmp_path_factory, tiny_student, teacher_gguf) -> FinishedRun:
     started = time.time()
     proc = guarded("run", doc, "--out", out, *flags)
     seconds = time.time() - started
-    # Evaluation runs as its own command, so a failing evaluation does not take the other tests down.
-    eval_proc = guarded("eval", out) if proc.returncode == 0 and evaluate_available() else None
+    # Evaluation runs as its own command, so a failing evaluation fails only the tests that need it.
+    eval_proc = guarded("eval", out) if proc.returncode == 0 else None
     return FinishedRun(doc, out, flags, proc, guard, isolated, started, seconds, tmpdir, eval_proc)
 
 
@@ -291,10 +304,8 @@ def finished_run(reference_run) -> FinishedRun:
 
 @pytest.fixture(scope="session")
 def evaluated_run(finished_run) -> FinishedRun:
-    """The finished run after ``valign eval`` (skipped while evaluation is not written yet)."""
+    """The finished run after ``valign eval``; a failed evaluation (an import error included) fails the test."""
     proc = finished_run.eval_proc
-    if proc is None:
-        pytest.skip("valign_edge.evaluate is not importable yet")
     if proc.returncode != 0:
         pytest.fail(f"`valign eval` on the reference run failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
     return finished_run

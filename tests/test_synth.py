@@ -1,7 +1,8 @@
 """Parsing, filtering, resume and splits of synthetic data, with a scripted fake teacher.
 
 The fake stands in for llama.cpp only here, to test the pipeline's own logic; the real
-teacher runs in test_generate_real.py.
+teacher (SmolLM2 through llama.cpp) generates in test_e2e.py and in conftest's shared run, which
+the privacy, crash-resume and bad-input tests use.
 """
 
 import json
