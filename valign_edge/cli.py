@@ -30,7 +30,8 @@ def _config_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--config", type=Path, help="TOML file with [generate]/[train]/[export]/[eval] sections")
     g.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override one setting, e.g. --set generate.questions_per_chunk=6 (see `valign config`)")
-    g.add_argument("--teacher", help="teacher: catalog preset or GGUF path (default smollm2-135m-instruct)")
+    g.add_argument("--teacher", help="teacher: catalog preset, GGUF path, ollama:NAME:TAG, or a server's "
+                                     "http://HOST:PORT/v1 (default smollm2-135m-instruct)")
     g.add_argument("--student", help="student: catalog preset, GGUF file or HF folder")
     g.add_argument("--backend", choices=["auto", "torch", "mlx"], help="training backend (default auto)")
     g.add_argument("--quant", help="export quantization: f16, q8_0 (default) or q4_k_m")
@@ -97,7 +98,7 @@ def cmd_generate(args) -> int:
 
     cfg = _resolve_config(args, args.out)
     text = read_document(args.document).text  # refuse bad input before touching the run folder
-    resolve(cfg.teacher, "teacher")
+    _announce(resolve(cfg.teacher, "teacher"))
     run = _open_run(args.out, create=True)
     emit, sink = _emitter(run)
     with run.lock():
@@ -108,6 +109,16 @@ def cmd_generate(args) -> int:
             sink.close()
     _print_generate_summary(run, info)
     return 0
+
+
+def _announce(ref) -> None:
+    """With --allow-remote, say plainly where the document's text goes."""
+    if ref.kind == "server":
+        from .backends.openai_teacher import remote_notice
+
+        line = remote_notice(ref.preset["url"])
+        if line:
+            print(line, file=sys.stderr)
 
 
 def _print_generate_summary(run, info: dict) -> None:
@@ -164,7 +175,7 @@ def cmd_run(args) -> int:
 
     cfg = _resolve_config(args, args.out)
     text = read_document(args.document).text
-    resolve(cfg.teacher, "teacher")
+    _announce(resolve(cfg.teacher, "teacher"))
     resolve(cfg.student, "student")
     if args.eval:  # a bad probe file ends here, not after training
         from .evaluate import check_probe_files
@@ -335,6 +346,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a hand-written probe set (rows {prompt, chosen, rejected} or {question, reference}); "
                         "repeatable; default: eval.probe, or the shipped probe of a shipped document")
     p.add_argument("--compare", nargs="+", metavar="RUN", help="print the reports of several runs side by side")
+    for p in (sub.choices["run"], sub.choices["generate"], p):
+        p.add_argument("--allow-remote", action="store_true",
+                       help="let a teacher server off this machine (--teacher http://HOST:PORT/v1) receive the document")
 
     p = verb("chat", cmd_chat, "chat with an exported model (streaming)", config=False)
     p.add_argument("target", type=Path, help="run folder or GGUF file")
@@ -369,6 +383,10 @@ def main(argv: list[str] | None = None) -> int:
         args.func = cmd_tui
     if args.func is not cmd_tui:
         _sticky_sigint()
+    if getattr(args, "allow_remote", False):
+        from .backends import openai_teacher
+
+        openai_teacher.REMOTE_ALLOWED = True
     try:
         return args.func(args)
     except UserError as exc:

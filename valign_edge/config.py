@@ -51,6 +51,10 @@ class GenerateConfig:
     n_ctx: int = opt(2048, "teacher context size")
     n_threads: int = opt(0, "teacher decode threads (0: auto)")
     n_threads_batch: int = opt(0, "teacher prompt threads (0: auto)")
+    teacher_model: str = opt("", "model a server teacher (--teacher http://HOST:PORT/v1) is asked for; also "
+                                 "--set teacher.model=NAME (empty: the one model the server lists)")
+    concurrency: int = opt(1, "chunks in flight at once through a server teacher (its parallel slots); the "
+                              "records are a sequential run's")
 
 
 @dataclass
@@ -159,6 +163,9 @@ CHOICES = {
 }
 
 
+ALIASES = {"teacher.model": "generate.teacher_model"}  # what the server-teacher docs say
+
+
 def _sections() -> dict[str, type]:
     return {"generate": GenerateConfig, "train": TrainConfig, "export": ExportConfig, "eval": EvalConfig}
 
@@ -188,6 +195,7 @@ def _coerce(value: Any, default: Any, key: str) -> Any:
 def set_value(cfg: RunConfig, key: str, value: Any) -> None:
     """Set ``section.key`` or a top-level key, with type checking and a clear error."""
     sections = _sections()
+    key = ALIASES.get(key, key)
     if "." in key:
         section, name = key.split(".", 1)
         if section not in sections:
@@ -267,6 +275,7 @@ LIMITS: dict[str, tuple[float | None, float | None, str]] = {
     "generate.valid_fraction": (0, 0.9, "a share of the records"),
     "generate.test_fraction": (0, 0.9, "a share of the records"),
     "generate.n_ctx": (512, None, "a context size in tokens"),
+    "generate.concurrency": (1, 64, "requests in flight"),
     "train.lora_rank": (1, 1024, "a LoRA rank"),
     "train.lora_alpha": (POSITIVE, None, "a LoRA alpha"),
     "train.lora_dropout": (0, 0.9, "a dropout probability"),

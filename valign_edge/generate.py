@@ -54,7 +54,7 @@ def generate(run: Run, cfg: RunConfig, emit: Callback, doc: str | Path | None = 
     """Run the generation stage (skipped when up to date); returns the stage's counts."""
     text = load_document(run, doc)
     teacher_ref = models.resolve(cfg.teacher, "teacher")
-    if teacher_ref.kind != "gguf":
+    if teacher_ref.kind not in ("gguf", "server"):
         raise UserError(f"teacher {cfg.teacher!r} must be a GGUF file run by llama.cpp")
     gen = cfg.generate
     key = hash_obj([hash_obj(text), model_id(teacher_ref), asdict(gen), cfg.seed])
@@ -65,8 +65,13 @@ def generate(run: Run, cfg: RunConfig, emit: Callback, doc: str | Path | None = 
     from .backends.llama_cpp import LlamaTeacher
 
     emit(Event("stage", "generate", f"teacher {teacher_ref.name}"))
-    teacher = LlamaTeacher(teacher_ref.path, n_ctx=gen.n_ctx, n_threads=gen.n_threads,
-                           n_threads_batch=gen.n_threads_batch, seed=cfg.seed)
+    if teacher_ref.kind == "server":  # an OpenAI-compatible server (backends/openai_teacher.py)
+        from .backends.openai_teacher import OpenAITeacher
+
+        teacher = OpenAITeacher(teacher_ref.preset["url"], model=gen.teacher_model)
+    else:
+        teacher = LlamaTeacher(teacher_ref.path, n_ctx=gen.n_ctx, n_threads=gen.n_threads,
+                               n_threads_batch=gen.n_threads_batch, seed=cfg.seed)
     # Saved only once the teacher loads: a bad --teacher must not become the run's setting.
     save_config(run, cfg)
     with run.stage("generate", key, {"document": hash_obj(text), "teacher": model_id(teacher_ref)}) as result:

@@ -73,7 +73,10 @@ def resolve(spec: str, role: str = "model") -> ModelRef:
     """A preset name, a GGUF in a local store (``stores``), a GGUF file or an HF folder (with config.json
     and safetensors) -> ModelRef."""
     from . import stores
+    from .backends import openai_teacher
 
+    if openai_teacher.is_server(spec):  # http://HOST:PORT/v1: loopback only unless --allow-remote
+        return openai_teacher.server_ref(spec, role)
     if stores.is_store_name(spec):  # ollama:NAME:TAG, lmstudio:..., hf:...: a GGUF read in place
         path = stores.resolve(spec, role)
         check_gguf(path)
@@ -103,6 +106,8 @@ def model_id(ref: ModelRef) -> str:
     """Identify weights without hashing gigabytes: catalog hash, else name + size + mtime."""
     from .workspace import hash_obj
 
+    if ref.kind == "server":  # the model's name is in the generate settings (generate.teacher_model)
+        return hash_obj(["server", ref.preset["url"]])
     if ref.preset.get("sha256"):
         return ref.preset["sha256"][:16]
     st = ref.path.stat()
