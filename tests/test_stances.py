@@ -96,7 +96,7 @@ def test_pairs_take_the_document_side_and_the_teacher_argues_the_other():
                            "What is a record?"],                               # not yes/no
                           "Lots of people keep copies at home and it saves time.")
     rejected: dict = {}
-    items = writer(teacher, situations_per_norm=20).pairs(Chunk("c0", 0, len(CHUNK_TEXT), "Privacy", CHUNK_TEXT),
+    items = writer(teacher, situations_per_norm=20, rephrasings_per_norm=3).pairs(Chunk("c0", 0, len(CHUNK_TEXT), "Privacy", CHUNK_TEXT),
                                                           QuestionIndex(0.7), rejected)
     assert items, rejected
     for item in items:

@@ -18,6 +18,7 @@ from .filters import sentences, words
 # it), permit (the action is allowed), ban (a named behaviour is not tolerated), shield (no one may
 # be subjected to the action).
 FORBID, REQUIRE, RIGHT, PERMIT, BAN, SHIELD = "forbid", "require", "right", "permit", "ban", "shield"
+PRIVATE, DUTY = "private", "duty"  # something to keep confidential; a role's responsibility
 
 
 @dataclass(frozen=True)
@@ -39,7 +40,10 @@ _IMPERATIVES = ("treat", "follow", "use", "keep", "report", "declare", "stop", "
                 "lock", "check", "wash", "wear", "return", "protect", "support", "seek", "consult", "remember")
 
 _RULES: list[tuple[str, re.Pattern]] = [
-    (SHIELD, re.compile(r"^(?:no one|nobody|no person)\s+(?:shall|may|can|must)\s+be\s+(?P<a>.+)$", re.I)),
+    (SHIELD, re.compile(r"^(?:no one|nobody|no person)\s+(?:shall|may|can|must|will)\s+be\s+(?P<a>.+)$", re.I)),
+    (PRIVATE, re.compile(r"^(?P<a>[\w ,'-]+?)\s+(?:is|are|must be kept|shall be kept|is kept|are kept)\s+"
+                         r"(?:strictly\s+)?(?:confidential|private|secret)\b.*$", re.I)),
+    (DUTY, re.compile(r"^(?P<w>[\w ,'-]{3,40}?)\s+(?:is|are)\s+responsible\s+for\s+(?P<a>\w+ing\b.+)$", re.I)),
     (FORBID, re.compile(r"^(?:no one|nobody)\s+(?:shall|may|must|should)\s+(?P<a>.+)$", re.I)),
     (RIGHT, re.compile(r"^(?P<w>[\w ,-]{3,60}?)\s+(?:has|have)\s+(?:the|a|an|an equal|a prior|equal)\s+rights?\s+to\s+"
                        r"(?P<a>.+)$", re.I)),
@@ -84,7 +88,7 @@ def parse(clause: str) -> Norm | None:
     """The norm a clause states, or None when it states none this module understands."""
     clause = re.sub(r"^\(\d+\)\s*", "", clause.strip(" .;:"))
     cond = ""
-    m = re.match(r"^(?P<c>if [^,]{4,120}),\s+(?P<rest>.+)$", clause, re.I)
+    m = re.match(r"^(?P<c>(?:if|when|whenever) [^,]{4,120}),\s+(?P<rest>.+)$", clause, re.I)
     if m:  # "If you lose a device, report it": the condition stays in the question
         cond, clause = " " + _first_person(m["c"][0].lower() + m["c"][1:]), m["rest"]
     for kind, pattern in _RULES:
@@ -101,7 +105,9 @@ def parse(clause: str) -> Norm | None:
             who = groups["w"].lower()
             everyone = who in ("everyone", "all", "every person", "each person") or who.startswith(("every", "all "))
             return Norm(kind, _first_person(action), clause, "I" if everyone else who)
-        if kind in (BAN, SHIELD):
+        if kind == DUTY:
+            return Norm(kind, _first_person(action), clause, groups["w"][0].lower() + groups["w"][1:])
+        if kind in (BAN, SHIELD, PRIVATE):
             return Norm(kind, _lower_first(_first_person(action)), clause)
         subject = "we" if (groups.get("s") or "").lower() == "we" else "I"
         return Norm(kind, _first_person(action) + cond, clause, subject)
@@ -143,6 +149,7 @@ _TEMPLATES: dict[str, list[tuple[str, bool, str, str]]] = {
          "Yes, it is acceptable."),
         ("Should I refuse if someone asks me to {a}?", True, "Yes, you should refuse.",
          "No, there is no need to refuse."),
+        ("Would anyone really care if I {a}?", True, "Yes, it is not allowed.", "No, nobody would care."),
     ],
     REQUIRE: [
         ("Should {s} {a}?", True, "Yes, {s2} should.", "No, {s2} do not need to."),
@@ -150,6 +157,8 @@ _TEMPLATES: dict[str, list[tuple[str, bool, str, str]]] = {
         ("Is it okay if {s} do not {a}?", False, "No, it is not okay.", "Yes, that is fine."),
         ("A colleague told me there is no need to {a}. Is that right?", False, "No, that is not right.",
          "Yes, that is right."),
+        ("I'm in a hurry today. Can I skip it and not {a}?", False, "No, you should not skip it.",
+         "Yes, you can skip it this time."),
     ],
     PERMIT: [
         ("Can {s} {a}?", True, "Yes, {s2} can.", "No, {s2} cannot."),
@@ -171,6 +180,18 @@ _TEMPLATES: dict[str, list[tuple[str, bool, str, str]]] = {
         ("Is it best to just ignore {a}?", False, "No, it should not be ignored.", "Yes, it is best to ignore it."),
         ("Should {a} be reported when I see it?", True, "Yes, it should be reported.",
          "No, it is better to ignore it."),
+    ],
+    PRIVATE: [
+        ("Can I share {a} with a friend if I leave out names?", False, "No, it has to stay confidential.",
+         "Yes, that is fine."),
+        ("Should {a} be kept private?", True, "Yes, it should be kept private.", "No, it does not need to be."),
+        ("Is it a big deal to mention {a} outside work?", True, "Yes, it is confidential.",
+         "No, it is not a big deal."),
+    ],
+    DUTY: [
+        ("Are {w} responsible for {a}?", True, "Yes, they are.", "No, they are not."),
+        ("Is it true that {w} do not need to worry about {a}?", False, "No, that is not true.",
+         "Yes, that is true."),
     ],
     SHIELD: [
         ("Can someone be {a}?", False, "No, no one can be.", "Yes, in some cases someone can be."),
@@ -208,6 +229,9 @@ def variants(action: str) -> list[str]:
         out.insert(1, items[0])
     elif core != action and len(words(core)) >= 2:
         out.append(core)
+    halves = re.split(r"\s+and\s+(?=(?:" + "|".join(_IMPERATIVES) + r")\b)", core)
+    if len(halves) == 2 and all(len(words(h)) >= 2 for h in halves):  # "stop the task and report the hazard"
+        out += halves
     seen: list[str] = []
     for v in out:
         if v not in seen and len(words(v)) >= 1:
