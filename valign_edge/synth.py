@@ -19,6 +19,7 @@ from .config import GenerateConfig
 from .errors import Cancelled
 from .events import Callback, Progress, log
 from .negate import contradict
+from .prefetch import Prefetch
 from .teacher_io import chunk_seed, count as _count, messages, parse_list, prompt  # noqa: F401 (re-exported)
 from .workspace import Run, append_jsonl, hash_obj, read_jsonl
 
@@ -27,7 +28,8 @@ def synth_key(cfg: GenerateConfig, teacher_id: str, seed: int) -> str:
     """What the per-chunk outputs depend on: records made under another key are regenerated."""
     fields = {k: v for k, v in asdict(cfg).items() if k not in ("max_chunks", "valid_fraction", "test_fraction",
                                                                "n_threads", "n_threads_batch", "chunk_tokens",
-                                                               "chunk_overlap")}
+                                                               "chunk_overlap", "concurrency")
+              and not (k == "teacher_model" and not v)}
     return hash_obj([fields, teacher_id, seed])
 
 
@@ -180,22 +182,26 @@ def synthesize(run: Run, chunks: list[Chunk], teacher: Teacher, cfg: GenerateCon
     # Each record is computed from an empty KV cache: with prefix reuse across records, a resumed run
     # (fresh cache) got slightly different logits and could pick other answers than an uninterrupted one.
     reset = getattr(teacher, "reset", lambda: None)
-    for chunk in todo:
-        if should_stop():
-            raise Cancelled("generation cancelled")
-        if chunk.id not in sft_done:
-            reset()
-            rec = synth.sft_for_chunk(chunk) | {"key": key}
-            append_jsonl(sft_path, rec)
-            sft_done[chunk.id] = rec
-            records += len(rec["items"])
-        if chunk.id not in dpo_done:
-            reset()
-            rec = synth.dpo_for_chunk(chunk) | {"key": key}
-            append_jsonl(dpo_path, rec)
-            dpo_done[chunk.id] = rec
-            records += len(rec["items"])
-        progress.update(1, f"{chunk.heading or chunk.id}", records=records)
+    # generate.concurrency: chunks run ahead through a server teacher, and are still written here in order.
+    needs = {c.id: (c.id not in sft_done, c.id not in dpo_done) for c in todo}
+    with Prefetch(synth, teacher, cfg.concurrency, todo, needs) as ahead:
+        for chunk in todo:
+            if should_stop():
+                raise Cancelled("generation cancelled")
+            synth.teacher = ahead.teacher_for(chunk)
+            if chunk.id not in sft_done:
+                reset()
+                rec = synth.sft_for_chunk(chunk) | {"key": key}
+                append_jsonl(sft_path, rec)
+                sft_done[chunk.id] = rec
+                records += len(rec["items"])
+            if chunk.id not in dpo_done:
+                reset()
+                rec = synth.dpo_for_chunk(chunk) | {"key": key}
+                append_jsonl(dpo_path, rec)
+                dpo_done[chunk.id] = rec
+                records += len(rec["items"])
+            progress.update(1, f"{chunk.heading or chunk.id}", records=records)
     counts: dict[str, Any] = {"chunks": len(chunks),
                               "sft_records": sum(len(sft_done[c.id]["items"]) for c in chunks),
                               "dpo_records": sum(len(dpo_done[c.id]["items"]) for c in chunks),
