@@ -1,7 +1,11 @@
-"""The real thing end to end: SmolLM2 GGUF through llama.cpp, PEFT training, llama.cpp's converter."""
+"""The real thing end to end: SmolLM2 GGUF through llama.cpp, PEFT training, llama.cpp's converter.
+
+One ``valign run --preset quick`` per module (real teacher, real SmolLM2 student); every test reads it.
+"""
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -21,6 +25,7 @@ What people borrow is private. You must not tell anyone what a visitor has borro
 ## Honesty
 Record your volunteer hours truthfully. Report lost or damaged books the same day.
 """
+FLAGS = ["--preset", "quick", "--set", "generate.questions_per_chunk=4"]
 
 
 def valign(*args, cwd=None, timeout=3600):
@@ -35,34 +40,52 @@ def quick_run(tmp_path_factory):
     doc = root / "code.md"
     doc.write_text(SHORT_DOC)
     out = root / "run"
-    proc = valign("run", doc, "--out", out, "--preset", "quick", "--set", "generate.questions_per_chunk=4")
+    proc = valign("run", doc, "--out", out, *FLAGS)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return out, proc
 
 
-def test_generate_with_the_real_teacher(tmp_path):
-    doc = tmp_path / "doc.md"
-    doc.write_text(SHORT_DOC)
-    proc = valign("generate", doc, "--out", tmp_path / "run", "--preset", "quick")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    run = tmp_path / "run"
-    rows = [json.loads(line) for s in ("train", "valid", "test")
-            for line in (run / "data" / "sft" / f"{s}.jsonl").read_text().splitlines()]
-    assert len(rows) >= 4
+def _rows(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _shares_a_sentence(answer: str, text: str) -> bool:
+    """Some sentence of ``answer`` is a sentence of ``text`` (up to its first letter's case and end mark)."""
+    for sentence in re.split(r"(?<=[.!?])\s+", answer.strip()):
+        core = sentence.rstrip(".!?;:, ")
+        if len(core) >= 15 and (core in text or core[0].lower() + core[1:] in text):
+            return True
+    return False
+
+
+def test_generated_data_is_grounded_in_the_document(quick_run):
+    """Generation with the real teacher: extractive answers are spans of their chunk, every preference
+    pair's chosen side quotes the document, the document's norms gave DPO pairs, and generating again
+    is a no-op."""
+    run, _ = quick_run
+    rows = [r for s in ("train", "valid", "test") for r in _rows(run / "data" / "sft" / f"{s}.jsonl")]
+    dpo = [r for s in ("train", "valid", "test") for r in _rows(run / "data" / "dpo" / f"{s}.jsonl")]
     document = (run / "document.txt").read_text()
-    chunks = {json.loads(line)["id"]: json.loads(line) for line in (run / "chunks.jsonl").read_text().splitlines()}
+    chunks = {c["id"]: c for c in _rows(run / "chunks.jsonl")}
+    extractive = {item["question"] for rec in _rows(run / "synth" / "sft.jsonl") for item in rec["items"]}
+    chosen = {p["prompt"]: p["chosen"] for p in dpo}
+    assert len(extractive) >= 4 and dpo, (len(extractive), len(dpo))  # "Never ...", "must not ...": pairs
     questions = [r["messages"][0]["content"] for r in rows]
     assert len(set(questions)) == len(questions)
     for r in rows:
-        assert r["messages"][0]["content"].endswith("?")
+        question, answer = r["messages"][0]["content"], r["messages"][1]["content"]
         chunk = chunks[r["meta"]["chunk_id"]]
         assert document[chunk["start"]:chunk["end"]] == chunk["text"]
-        assert r["messages"][1]["content"] in chunk["text"]  # grounded: a span of its chunk
-    dpo = [json.loads(line) for line in (run / "data" / "dpo" / "train.jsonl").read_text().splitlines()]
-    assert all(p["chosen"] != p["rejected"] for p in dpo)
-    # a second run is a no-op
-    again = valign("generate", doc, "--out", run, "--preset", "quick")
-    assert again.returncode == 0 and "up to date" in again.stderr
+        assert question.endswith("?") and answer.strip(), r
+        if question in extractive:
+            assert answer in chunk["text"], r  # grounded: a span of its chunk
+        else:  # the faithful side of a preference pair, also learned by SFT
+            assert chosen.get(question) == answer, r
+    for p in dpo:
+        assert p["chosen"] != p["rejected"] and p["rejected"].strip()
+        assert _shares_a_sentence(p["chosen"], chunks[p["meta"]["chunk_id"]]["text"]), p
+    again = valign("generate", run / "document.txt", "--out", run, *FLAGS)
+    assert again.returncode == 0 and "up to date" in again.stderr, again.stderr[-2000:]
 
 
 def test_run_writes_exactly_the_contracted_files(quick_run):
@@ -85,12 +108,66 @@ def test_run_writes_exactly_the_contracted_files(quick_run):
     assert all(oct(p.stat().st_mode & 0o077) == "0o0" for p in out.rglob("*") if p.is_file())
 
 
-def test_exported_gguf_is_verified(quick_run):
+def test_exported_gguf_answers_like_the_merged_model(quick_run):
+    """Checked here, not read from the product's verify.json: the test merges the base student and the
+    DPO adapter itself (PEFT), decodes greedily in fp32 with transformers, and the shipped q8_0 GGUF,
+    fed the same tokens in llama.cpp, must rank each of those tokens first or within a quantization
+    margin of first. An empty answer from either side is a failure, not a match."""
+    torch = pytest.importorskip("torch")
+    from llama_cpp import Llama
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from valign_edge import config
+    from valign_edge.backends.hf import student_hf_dir
+    from valign_edge.batching import ensure_chat_template, prompt_ids
+    from valign_edge.models import resolve
+
     out, _ = quick_run
+    cfg = config.resolve(saved=out / "config.toml")
+    base = student_hf_dir(resolve(cfg.student, "student"))
+    tok = AutoTokenizer.from_pretrained(str(base))
+    ensure_chat_template(tok)
+    model = AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.float32, use_safetensors=True)
+    model = PeftModel.from_pretrained(model, str(out / "adapters" / "dpo")).merge_and_unload().eval()
+    questions = [r["messages"][0]["content"] for r in _rows(out / "data" / "sft" / "test.jsonl")][:2]
+    assert questions
+    llm = Llama(model_path=str(out / "export" / "model-q8_0.gguf"), n_ctx=1024, logits_all=True, verbose=False)
+    n = 24
     verify = json.loads((out / "export" / "verify.json").read_text())
-    assert verify["passed"] is True
-    assert verify["f16"]["exact"] == verify["f16"]["prompts"] >= 1
-    assert "q8_0" in verify and "adapter_over_base" in verify
+    assert verify["passed"] is True  # and the product's own check agrees
+    for question in questions:
+        prompt = prompt_ids(tok, question)  # the same ids go to both sides
+        with torch.no_grad():
+            gen = model.generate(torch.tensor([prompt]), max_new_tokens=n, do_sample=False,
+                                 eos_token_id=tok.eos_token_id, pad_token_id=tok.eos_token_id)[0, len(prompt):]
+        merged = gen.tolist()
+        merged = merged[: merged.index(tok.eos_token_id)] if tok.eos_token_id in merged else merged
+        assert tok.decode(merged).strip(), f"the merged model gave an empty answer to {question!r}"
+        llm.reset()
+        llm.eval(prompt + merged)
+        scores = llm._scores  # row i: next-token logits after token i
+        ranks_first = 0
+        for i, token in enumerate(merged):
+            row = scores[len(prompt) + i - 1]
+            gap = float(row.max() - row[token])
+            assert gap <= 0.5, f"{question!r}: token {i} ({tok.decode([token])!r}) is {gap:.2f} below the GGUF's top"
+            ranks_first += gap == 0.0
+        assert ranks_first >= 0.9 * len(merged), (ranks_first, len(merged))
+        greedy = []
+        for token in llm.generate(prompt, top_k=1, top_p=1.0, temp=0.0, repeat_penalty=1.0, reset=True):
+            if token == llm.token_eos() or len(greedy) >= n:
+                break
+            greedy.append(token)
+        assert tok.decode(greedy).strip(), f"the GGUF gave an empty answer to {question!r}"
+
+
+def test_verification_counts_no_empty_answer_as_a_match():
+    """export.agreement: two empty outputs are no evidence that a GGUF reproduces the model."""
+    from valign_edge.export import agreement
+
+    assert agreement([[], [5, 6]], [[], [5, 6]]) == {"exact": 1, "prompts": 2, "token_agreement": 0.5, "empty": 1}
+    assert agreement([[5, 6]], [[5, 7]])["exact"] == 0 and agreement([[5, 6]], [[5, 7]])["token_agreement"] == 0.5
 
 
 def test_chat_answers_with_the_aligned_model(quick_run):
@@ -104,7 +181,6 @@ def test_chat_answers_with_the_aligned_model(quick_run):
 
 def test_rerun_skips_every_stage(quick_run):
     out, _ = quick_run
-    proc = valign("run", out / "document.txt", "--out", out, "--preset", "quick",
-                  "--set", "generate.questions_per_chunk=4")
+    proc = valign("run", out / "document.txt", "--out", out, *FLAGS)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stderr.count("up to date") == 4

@@ -58,12 +58,15 @@ def quantize(src: Path, dst: Path, quant: str) -> None:
 
 
 def agreement(a: list[list[int]], b: list[list[int]]) -> dict:
-    exact = sum(x == y for x, y in zip(a, b))
+    """How far greedy outputs ``b`` reproduce ``a``. Two empty outputs prove nothing, so they are not
+    an exact match (a model that answers nothing fails verification instead of passing it)."""
+    exact = sum(x == y and len(x) > 0 for x, y in zip(a, b))
     prefix = []
     for x, y in zip(a, b):
         n = next((i for i, (p, q) in enumerate(zip(x, y)) if p != q), min(len(x), len(y)))
         prefix.append(n / max(1, max(len(x), len(y))))
-    return {"exact": exact, "prompts": len(a), "token_agreement": round(sum(prefix) / max(1, len(prefix)), 4)}
+    return {"exact": exact, "prompts": len(a), "token_agreement": round(sum(prefix) / max(1, len(prefix)), 4),
+            "empty": sum(not x or not y for x, y in zip(a, b))}
 
 
 def modelfile(gguf_name: str, chat_template: str | None) -> str:
