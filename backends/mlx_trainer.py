@@ -254,7 +254,7 @@ class MLXTrainer:
         base = self.base_dir(emit)
         tok = self.load_tokenizer(base)
         plan = trainplan.plan(run, self.cfg, "dpo", tok, self.name, self.precision)
-        pairs, beta = plan.items, self.cfg.train.dpo_beta
+        pairs, beta, sft_weight = plan.items, self.cfg.train.dpo_beta, self.cfg.train.dpo_sft_weight
         # The policy continues the SFT adapter, so the final adapter applies to the original base
         # (usable as a GGUF LoRA over the base GGUF); at step 0 it *is* the SFT model, the reference.
         model, config = self.lora_model(base, sft_dir, seed=self.cfg.seed)
@@ -288,6 +288,9 @@ class MLXTrainer:
             policy = reply_logps(model, ids, positions, rows).reshape(-1, 2)
             margin = (policy[:, 0] - reference[:, 0]) - (policy[:, 1] - reference[:, 1])
             loss = -nn.log_sigmoid(beta * margin).mean()
+            if sft_weight:  # RPO: keep the chosen answers likely, not only likelier than the rejected
+                lengths = rows.sum(axis=1).reshape(-1, 2)[:, 0]
+                loss = loss - sft_weight * (policy[:, 0] / lengths).mean()
             return loss, mx.stack([(margin > 0).astype(mx.float32).mean(), beta * margin.mean()])
 
         result = self._loop("train_dpo", model, plan, make_batch, loss_fn, out, emit, should_stop,

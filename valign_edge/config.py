@@ -76,6 +76,8 @@ class TrainConfig:
     dpo_epochs: float = opt(4.0, "passes over the DPO data", DPO)
     dpo_lr: float = opt(1e-4, "DPO learning rate", DPO)
     dpo_beta: float = opt(0.1, "DPO beta (strength of the KL anchor to the SFT model)", DPO)
+    dpo_sft_weight: float = opt(0.0, "weight of an SFT loss on the chosen answers during DPO (RPO; 0: plain "
+                                     "DPO), per token", DPO)
     max_steps: int = opt(0, "stop each stage after this many steps (0: from epochs)", SFT_DPO)
     warmup_steps: int = opt(5, "linear warm-up steps (at most a tenth of a stage's steps)", SFT_DPO)
     precision: str = opt("auto", "auto, fp32 or bf16 (bf16 autocast where the hardware is fast at it)", NONE)
@@ -286,6 +288,7 @@ LIMITS: dict[str, tuple[float | None, float | None, str]] = {
     "train.sft_lr": (POSITIVE, 1.0, "a learning rate"),
     "train.dpo_lr": (POSITIVE, 1.0, "a learning rate"),
     "train.dpo_beta": (POSITIVE, 100, "a DPO beta"),
+    "train.dpo_sft_weight": (0, 100, "a loss weight"),
     "train.checkpoint_every": (1, None, "steps between checkpoints"),
     "export.verify_prompts": (1, 100, "test prompts"),
     "export.verify_tokens": (1, 4096, "tokens per prompt"),

@@ -75,14 +75,8 @@ class StanceWriter:
         """The opposite verdict continued by the teacher arguing against the document, else by rule."""
         head = situation.unfaithful
         if self.cfg.negatives == "contrastive":
-            grammar = f"root ::= {_literal(head + ' ')} sent\n{SENTENCE}\n"
-            text = self.teacher.generate(
-                [{"role": "system", "content": prompt("contrastive_system")},
-                 {"role": "user", "content": situation.question}],
-                grammar=grammar, temperature=0.7, max_tokens=64, seed=seed).strip()
-            body = text[len(head):].strip()
-            if body.endswith((".", "!")) and len(filters.words(body)) >= 4 and \
-                    filters.grounding(body, norm.sentence) < 0.9:
+            text = answer_against(self.teacher, situation.question, seed, head)
+            if text and filters.grounding(text[len(head):], norm.sentence) < 0.9:
                 return text, "teacher"
             count(rejected, "teacher_unusable")
         flipped = contradict(norm.sentence)
@@ -114,6 +108,17 @@ class StanceWriter:
                 items.append({"prompt": sit.question, "chosen": good, "rejected": bad, "rejected_by": author,
                               "norm": norm.kind, "document_says": "yes" if sit.yes else "no"})
         return items
+
+
+def answer_against(teacher: Teacher, question: str, seed: int, head: str = "") -> str | None:
+    """The teacher's one-sentence answer as an assistant that tells people what they want to hear, with no
+    document in sight (contrastive prompting); ``head`` forces its first words (a verdict)."""
+    root = f"root ::= {_literal(head + ' ')} sent" if head else "root ::= sent"
+    text = teacher.generate([{"role": "system", "content": prompt("contrastive_system")},
+                             {"role": "user", "content": question}],
+                            grammar=f"{root}\n{SENTENCE}\n", temperature=0.7, max_tokens=64, seed=seed).strip()
+    body = text[len(head):].strip() if head else text
+    return text if body.endswith((".", "!")) and len(filters.words(body)) >= 4 else None
 
 
 def reason(sentence: str) -> str:

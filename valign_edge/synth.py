@@ -108,9 +108,18 @@ class Synthesizer:
             return None
         return answer
 
-    def _unfaithful(self, chunk: Chunk, chosen: str, rejected: dict) -> tuple[str, str] | None:
-        """An answer that contradicts ``chosen``: the teacher's, else the rule-based flip."""
+    def _unfaithful(self, chunk: Chunk, chosen: str, rejected: dict, situation: str = "") -> tuple[str, str] | None:
+        """An answer that goes against ``chosen``: the teacher arguing the other side without the document
+        (``negatives = "contrastive"``), else its rewrite of ``chosen`` as the opposite, else the rule-based flip."""
         from .backends.llama_cpp import FREE_TEXT
+
+        if self.cfg.negatives == "contrastive" and situation:
+            from .stances import answer_against
+
+            text = answer_against(self.teacher, situation, chunk_seed(self.seed, chunk.id, 0, situation))
+            if text and filters.distinct_pair(chosen, text) and filters.grounding(text, chosen) < 0.6:
+                return text, "teacher"
+            _count(rejected, "teacher_unusable")
 
         text = self.teacher.generate(messages("opposite", chunk.text, answer=chosen), grammar=FREE_TEXT,
                                      temperature=0.0, max_tokens=self.cfg.answer_max_tokens).strip()
@@ -146,16 +155,17 @@ class Synthesizer:
 
             record["items"] = StanceWriter(self.teacher, cfg, self.seed).pairs(
                 chunk, self.scenarios, rejected)
-            if record["items"]:
-                return record
+        # Situations the teacher writes itself: fewer, but in its own words, concrete, and about the
+        # chunk's values as a whole (what the parsed norms do not reach).
         if len(cues) < cfg.value_threshold or cfg.pairs_per_chunk == 0:
-            record["skipped"] = "no value cues"
+            if not record["items"]:
+                record["skipped"] = "no value cues"
             return record
         for situation in self._questions("situations", chunk, cfg.pairs_per_chunk, self.scenarios, rejected):
             chosen = self._answer(chunk, situation, rejected, prefer_values=True)
             if chosen is None:
                 continue
-            bad = self._unfaithful(chunk, chosen, rejected)
+            bad = self._unfaithful(chunk, chosen, rejected, situation)
             if bad is None or not filters.distinct_pair(chosen, bad[0]):
                 _count(rejected, "same_pair")
                 continue
