@@ -27,16 +27,24 @@ def _guarded(tmp_path, *args, isolate=True, timeout=1800):
 
 
 # --- no network ------------------------------------------------------------------------------------
+def _programs(guard) -> dict[str, str]:
+    """pid -> what each guarded process ran: the valign verb, or the converter script's name."""
+    out = {}
+    for row in guard.lines():
+        if row[0] == "process":
+            argv = row[3].split()
+            out[row[1]] = argv[1] if argv[:1] == ["-m"] and len(argv) > 1 else Path(argv[0]).name if argv else ""
+    return out
+
+
 def test_quick_run_makes_no_network_attempt(finished_run):
+    """Every process of the shared run was guarded (the CLI and llama.cpp's converters) and none opened a
+    connection or loaded a pickle through torch. Where ``unshare -n`` works the run also had no network
+    interface at all; ``finished_run`` fails if the run did not succeed there."""
     guard = finished_run.guard
-    assert guard.processes() >= 2, "the guard did not load in the CLI and the converter subprocesses"
+    programs = set(_programs(guard).values())
+    assert {"run", "convert_hf_to_gguf.py", "convert_lora_to_gguf.py"} <= programs, programs
     assert guard.violations() == [], "\n".join(guard.violations())
-
-
-def test_quick_run_succeeds_without_any_network_interface(finished_run):
-    if not finished_run.isolated:
-        pytest.skip("`unshare -n` is not available here; the socket guard still covered the run")
-    assert finished_run.proc.returncode == 0
 
 
 def test_offline_switches_are_set_at_import():
@@ -57,8 +65,12 @@ def test_chat_and_rag_chat_make_no_network_attempt(finished_run, tmp_path):
 
 
 def test_evaluation_makes_no_network_attempt(evaluated_run):
-    """``valign eval`` ran under the same guard as the run (see conftest.reference_run)."""
-    assert evaluated_run.guard.violations() == [], evaluated_run.guard.violations()
+    """``valign eval`` ran under the same guard as the run (see conftest.reference_run): the guard loaded in
+    it, and nothing it did (answers, judge, BERTScore model) tried the network."""
+    guard = evaluated_run.guard
+    eval_pids = {pid for pid, program in _programs(guard).items() if program == "eval"}
+    assert eval_pids, "the guard did not load in `valign eval`"
+    assert [v for v in guard.violations() if v.split("\t")[1] in eval_pids] == []
 
 
 # --- private run folder, no text outside it ------------------------------------------------------------
@@ -167,39 +179,35 @@ def test_no_code_path_loads_pickles_or_remote_code():
     assert hits == [], hits
 
 
-def test_quick_run_loaded_no_pickle(finished_run):
-    """The guard wraps torch.load (the pickle path) in every process of the run."""
-    assert [v for v in finished_run.guard.violations() if v.startswith("torch.load")] == []
-
-
 MALICIOUS_TEMPLATE = ("{{ cycler.__init__.__globals__.os.system('touch MARKER') }}"
                       "{% for m in messages %}{{ m['content'] }}{% endfor %}")
 
 
-def test_chat_templates_render_in_a_sandbox(tmp_path):
-    """llama.cpp's Python chat formatter, which renders every GGUF's template, is a Jinja sandbox."""
-    from jinja2.exceptions import SecurityError
-    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
-
-    marker = tmp_path / "escaped"
-    template = MALICIOUS_TEMPLATE.replace("MARKER", str(marker))
-    fmt = Jinja2ChatFormatter(template=template, eos_token="</s>", bos_token="<s>")
-    with pytest.raises(SecurityError):
-        fmt(messages=[{"role": "user", "content": "hi"}])
-    assert not marker.exists()
-
-
-def _gguf_with_template(src: Path, dst: Path, template: str) -> Path:
-    """Copy a GGUF with another chat template (gguf-py's own metadata editor)."""
+@pytest.fixture(scope="module")
+def evil_gguf(finished_run, tmp_path_factory):
+    """The run's exported model with a chat template that tries to run a shell command (creating MARKER)."""
     pytest.importorskip("gguf")
-    subprocess.run([sys.executable, "-m", "gguf.scripts.gguf_new_metadata", str(src), str(dst), "--force",
-                    "--chat-template", template], check=True, capture_output=True, input="")
-    return dst
-
-
-def test_chat_with_a_malicious_template_is_refused_in_one_line(finished_run, tmp_path):
-    marker = tmp_path / "escaped"
+    folder = tmp_path_factory.mktemp("evil")
+    marker = folder / "escaped"
     src = sorted((finished_run.path / "export").glob("model-*.gguf"))[0]
-    evil = _gguf_with_template(src, tmp_path / "evil.gguf", MALICIOUS_TEMPLATE.replace("MARKER", str(marker)))
+    dst = folder / "evil.gguf"
+    subprocess.run([sys.executable, "-m", "gguf.scripts.gguf_new_metadata", str(src), str(dst), "--force",
+                    "--chat-template", MALICIOUS_TEMPLATE.replace("MARKER", str(marker))],
+                   check=True, capture_output=True, input="")  # gguf-py's own metadata editor
+    return dst, marker
+
+
+def test_chat_with_a_malicious_template_is_refused_in_one_line(evil_gguf):
+    evil, marker = evil_gguf
     assert_one_line_error(valign("chat", evil, "--prompt", "hi", "--max-tokens", "4"), 2, "template")
     assert not marker.exists()
+
+
+def test_a_teacher_with_a_malicious_template_is_refused_in_one_line(evil_gguf, finished_run, tmp_path):
+    """The teacher's template renders every generation prompt: the same refusal, before any record."""
+    evil, marker = evil_gguf
+    out = tmp_path / "run"
+    proc = valign("generate", finished_run.doc, "--out", out, "--teacher", evil, "--preset", "quick")
+    assert_one_line_error(proc, 2, "template")
+    assert not marker.exists()
+    assert not (out / "synth").exists() and not (out / "data").exists()
