@@ -3,8 +3,10 @@ data review decisions, chat with the exported model, and snapshots of each scree
 
 Two run folders are built once per session:
 - ``sample_run``: a run folder written with the library's own functions (real chunks of the sample
-  document, records in the synth format, splits built by ``datasets.build``, a report in the
-  evaluation's format, the real SmolLM2 GGUF linked as its export). Deterministic, so snapshots are stable.
+  document, records in the synth format, splits built by ``datasets.build``, an evaluation report
+  made by the evaluation's own functions from fixed answers and held to the format of a report the
+  real ``valign eval`` wrote, the real SmolLM2 GGUF linked as its export). Deterministic, so snapshots
+  are stable; anything that differs between machines (the backend) is checked, then left out of them.
 - ``tiny_run``: a real pipeline started from the Start screen on a two-section document (real teacher,
   real training, real export), cancelled once and resumed. The chat test talks to its exported GGUF.
 """
@@ -54,6 +56,20 @@ async def wait_for(pilot, predicate, timeout: float = 30.0, what: str = "conditi
         await pilot.pause(0.1)
 
 
+async def wait_for_backend(pilot, screen) -> str:
+    """Wait until the start screen's backend check has answered (importing torch can take minutes on a
+    loaded machine); the text must name what ``choose_backend`` picks on this machine."""
+    from valign_edge.backends import choose_backend
+
+    def shown() -> str:
+        return str(screen.query_one("#backend-info").render())
+
+    await wait_for(pilot, lambda: "auto → " in shown() or "error" in shown().lower(), 600, "the backend check")
+    choice = choose_backend("auto")
+    assert shown().startswith(f"auto → {choice.name} on {choice.device} ({choice.reason})"), shown()
+    return shown()
+
+
 def notices(app) -> list[tuple[str, str]]:
     return [(n.severity, n.message) for n in app._notifications]
 
@@ -69,7 +85,8 @@ def build_sample_run(root: Path) -> Path:
     from valign_edge import config, datasets, models
     from valign_edge.chunking import chunk_text
     from valign_edge.events import Event, JsonlSink
-    from valign_edge.generate import model_id, save_config
+    from valign_edge.generate import save_config
+    from valign_edge.models import model_id
     from valign_edge.ingest import read_document
     from valign_edge.synth import synth_key
     from valign_edge.workspace import (
@@ -127,21 +144,65 @@ def build_sample_run(root: Path) -> Path:
     sink(Event("stage", "export", "merging adapters and converting to GGUF (q8_0)", time=t + 130))
     sink(Event("log", "export", "verification passed: q8_0 matches the merged model on 3 prompts", time=t + 165))
     sink.close()
-    write_json(run.eval_dir / "report.json", {
-        "systems": ["vanilla", "rag", "sft", "sft+dpo"],
-        "columns": ["rougeL", "bleu", "bertscore_f1", "faithfulness"],
-        "column_labels": {"rougeL": "ROUGE-L F1", "bleu": "BLEU (corpus)", "bertscore_f1": "BERTScore F1",
-                          "faithfulness": "Faithfulness (judge)"},
-        "table": [
-            {"system": "vanilla", "rougeL": 0.121, "bleu": 2.4, "bertscore_f1": 0.512, "faithfulness": 0.31},
-            {"system": "rag", "rougeL": 0.244, "bleu": 7.9, "bertscore_f1": 0.611, "faithfulness": 0.58},
-            {"system": "sft", "rougeL": 0.318, "bleu": 12.6, "bertscore_f1": 0.664, "faithfulness": None},
-            {"system": "sft+dpo", "rougeL": 0.342, "bleu": 13.8, "bertscore_f1": 0.679, "faithfulness": 0.71},
-        ]})
+    write_json(run.eval_dir / "report.json", sample_report(run, cfg))
     run.export_dir.mkdir(parents=True, exist_ok=True)
     for name in ("model-q8_0.gguf", "base-q8_0.gguf"):
         (run.export_dir / name).symlink_to(teacher.path)
     return run.root
+
+
+def sample_report(run, cfg) -> dict:
+    """``eval/report.json`` as ``valign eval`` writes it, made by the evaluation's own functions
+    (``metric_section``, ``reference_judge``, ``build_report``) from fixed answers instead of model calls,
+    so it is the same on every machine. ``test_sample_report_has_the_format_valign_eval_writes`` holds it
+    to a report the real ``valign eval`` wrote."""
+    from valign_edge import datasets, judge, metrics
+    from valign_edge.eval_judging import reference_judge
+    from valign_edge.eval_report import COLUMNS, build_report, metric_section
+    from valign_edge.eval_systems import REFERENCE_SYSTEM, SYSTEMS, Context, System
+    from valign_edge.eval_testset import TestSet
+
+    rows = [r for split in ("test", "valid", "train") for r in datasets.load(run, "sft", split)][:12]
+    questions = [{"id": r["meta"]["id"], "question": r["messages"][0]["content"], "kind": "sft",
+                  "reference": r["messages"][1]["content"], "chunk_id": r["meta"]["chunk_id"]} for r in rows]
+    pairs = [{"id": r["meta"]["id"], "prompt": r["prompt"], "chosen": r["chosen"], "rejected": r["rejected"],
+              "chunk_id": r["meta"]["chunk_id"]} for split in ("test", "valid", "train")
+             for r in datasets.load(run, "dpo", split)]
+
+    def answer(system: str, i: int, ref: str) -> str:
+        words = ref.split()
+        keep = {"vanilla": 0, "rag": len(words) // 2, "sft": len(words) - 3, "dpo": len(words) - (i % 3),
+                "dpo_rag": len(words)}[system]
+        return " ".join(words[:max(0, keep)] + ["Please", "ask", "your", "manager."][: 4 if keep <= 0 else 1])
+
+    refs = [q["reference"] for q in questions]
+    answers, scores, prefs = {}, {}, {}
+    for n, system in enumerate(SYSTEMS):
+        hyps = [answer(system, i, ref) for i, ref in enumerate(refs)]
+        answers[system] = [{"answer": h, "tokens": len(h.split()) + 2, "seconds": 0.5} for h in hyps]
+        rouge = metrics.rouge_l(hyps, refs)
+        scores[system] = {"bleu_sentence": [metrics.sentence_bleu(h, r) for h, r in zip(hyps, refs)],
+                          "rouge_l": rouge, "bertscore_f1": [0.45 + 0.5 * x for x in rouge]}  # no model: fixed
+        prefs[system] = [{"chosen_logprob": -4.0 - (i + n) % 4, "chosen_tokens": 6, "rejected_tokens": 6,
+                          "rejected_logprob": -6.0 + (i * (5 - n)) % 4} for i in range(len(pairs))]
+    win_judge = {}
+    for n, other in enumerate(s for s in SYSTEMS if s != REFERENCE_SYSTEM):
+        verdicts = [("A", "B") if (i + n) % 3 else ("tie", "tie") for i in range(len(questions))]
+        win_judge[other] = judge.summarize([judge.combine(*v) for v in verdicts], verdicts) | {
+            "verdicts": [list(v) for v in verdicts]}
+    win_ref = reference_judge(list(SYSTEMS), scores, len(questions), cfg.eval.ref_judge_margin)
+    held_out = metric_section(list(SYSTEMS), COLUMNS, questions, answers, prefs, scores, win_judge, win_ref,
+                              cfg.eval.bootstrap, cfg.seed)
+    systems = [System(name, run.export_dir / ("model-q8_0.gguf" if name.startswith("dpo") else "base-q8_0.gguf"),
+                      run.export_dir / "adapter-sft.gguf" if name == "sft" else None, name.endswith("rag"))
+               for name in SYSTEMS]
+    ctx = Context(run, cfg, lambda event: None, systems, threads=(1, 1), timings={"total": 61.0})
+    tests = TestSet(questions, pairs, [], {"kind": "run", "path": str(run.root), "splits": ["test"]})
+    judge_stats = {"model": "smollm2-135m-instruct", "questions": len(questions), "mode": cfg.eval.judge_mode,
+                   "first_position_rate": 0.5, "order_consistency": 0.75, "reliable": True}
+    report = build_report(ctx, tests, held_out, answers, judge_stats, [])
+    return report | {"run": "demo-run", "created": EVENT_TIME,
+                     "machine": {"os": "Linux", "arch": "x86_64", "cpu": "test", "cores": 2, "python": "3.12"}}
 
 
 @pytest.fixture(scope="session")
@@ -182,35 +243,32 @@ async def _drive_quick_run(doc: Path, run_dir: Path) -> dict:
         await pilot.pause()
         screen = app.screen
         screen.query_one("#doc-path", Input).value = str(doc)
-        await pilot.pause(0.5)
+        # the form proposes runs/<document>; only then type our own folder, or the proposal overwrites it
+        await wait_for(pilot, lambda: screen.query_one("#run-path", Input).value == f"runs/{doc.stem}", 30,
+                       "the proposed run folder")
         screen.query_one("#run-path", Input).value = str(run_dir)
         screen.query_one("#extra", Input).value = QUICK_SETTINGS
         await pilot.click("#start-run")
         await wait_for(pilot, lambda: app.job.job == "pipeline", 20, "the pipeline to start")
         seen["screen_after_start"] = type(app.screen).__name__
-        await wait_for(pilot, lambda: app.job.stages["generate"].status == "running", 120, "generation to start")
+        # Generation's first progress event (0 of 2 chunks) comes just before the first chunk starts: a
+        # cancel now lands while that chunk is generated, which finishes, and the stage stops before the next.
+        await wait_for(pilot, lambda: app.job.stages["generate"].total, 600, "generation's first progress")
         await pilot.press("c")  # cancel
         await wait_for(pilot, lambda: app.job.job is None, 600, "the cancel to take effect")
         seen["after_cancel"] = app.job.outcome
-        seen["cancelled_stage"] = app.job.current and app.job.stages[app.job.current].status
+        seen["cancelled_stage"] = (app.job.current, app.job.current and app.job.stages[app.job.current].status)
+        synth = run_dir / "synth" / "sft.jsonl"
+        seen["synth_at_cancel"] = synth.read_text() if synth.exists() else ""
         await pilot.press("s")  # resume
         await wait_for(pilot, lambda: app.job.job == "pipeline", 20, "the resume to start")
-        max_progress = {"generate": 0}
-
-        def watch() -> bool:
-            view = app.job.stages["generate"]
-            if view.total:
-                max_progress["generate"] = max(max_progress["generate"], view.done or 0)
-            return app.job.job is None
-
-        await wait_for(pilot, watch, 1500, "the pipeline to finish")
+        await wait_for(pilot, lambda: app.job.job is None, 1500, "the pipeline to finish")
         seen["outcome"] = app.job.outcome
         seen["statuses"] = {k: v.status for k, v in app.job.stages.items()}
         seen["losses"] = {k: list(v) for k, v in app.job.losses.items()}
         seen["log"] = list(app.job.log)
         seen["errors"] = [m for s, m in notices(app) if s == "error"]
         seen["title"] = str(app.screen.query_one("#current-title").render())
-        seen["generate_progress"] = max_progress["generate"]
     return seen
 
 
@@ -228,19 +286,28 @@ def test_quick_run_started_in_the_app_finishes(tiny_run):
     run_dir, seen = tiny_run
     assert seen["screen_after_start"] == "PipelineScreen"
     assert seen["after_cancel"] == "cancelled"
-    assert seen["cancelled_stage"] in ("cancelled", None)
+    assert seen["cancelled_stage"] == ("generate", "cancelled")
     assert seen["outcome"] == "finished", seen["log"][-5:] + seen["errors"]
     assert seen["errors"] == []
     for stage in ("generate", "train_sft", "train_dpo", "export"):
         assert seen["statuses"][stage] == "done", seen["statuses"]
     assert len(seen["losses"]["train_sft"]) == 2 and len(seen["losses"]["train_dpo"]) == 2
-    assert any("resuming" in line or "cancel" in line for line in seen["log"])
+    # The resume continued generation where the cancel left it, rather than starting again.
+    before = [json.loads(line) for line in seen["synth_at_cancel"].splitlines()]
+    assert len(before) == 1, "the first chunk should have been generated before the cancel took effect"
+    after = (run_dir / "synth" / "sft.jsonl").read_text()
+    assert after.startswith(seen["synth_at_cancel"])  # kept as it was, not rewritten
+    assert len({json.loads(line)["chunk_id"] for line in after.splitlines()}) == len(after.splitlines()) == 2
+    assert any("resuming: 1 of 2 chunks already generated" in line for line in seen["log"]), seen["log"]
     assert "finished" in seen["title"]
     manifest = json.loads((run_dir / "manifest.json").read_text())
     assert all(manifest["stages"][s]["status"] == "done" for s in ("generate", "train_sft", "train_dpo", "export"))
     assert (run_dir / "export" / "model-q8_0.gguf").exists()
     events = [json.loads(line) for line in (run_dir / "logs" / "events.jsonl").read_text().splitlines()]
     assert any(e["kind"] == "metric" and e["stage"] == "train_dpo" for e in events)
+    cancelled = next(i for i, e in enumerate(events) if e["kind"] == "log" and e["message"].startswith("cancelled"))
+    resumed = [e["done"] for e in events[cancelled:] if e["kind"] == "progress" and e["stage"] == "generate"]
+    assert resumed and resumed[0] == 1 and resumed[-1] == 2 and resumed == sorted(resumed), resumed
 
 
 def test_chat_streams_from_the_exported_model(tiny_run, monkeypatch):
@@ -250,13 +317,19 @@ def test_chat_streams_from_the_exported_model(tiny_run, monkeypatch):
 
     run_dir, _ = tiny_run
     real_ask = ChatSession.ask
+    seen_partial = threading.Event()
 
-    def paced_ask(self, question):  # the real model's pieces, paced so the test can watch them arrive
+    def held_ask(self, question):
+        """The real model's pieces; after the first visible one, the rest wait until the test has seen it
+        on screen (or 120 s pass), so streaming is observed without depending on timing."""
+        text = ""
         for piece in real_ask(self, question):
-            time.sleep(0.05)
             yield piece
+            held, text = bool(text.strip()), text + piece
+            if text.strip() and not held and not seen_partial.is_set():
+                seen_partial.wait(120)
 
-    monkeypatch.setattr(ChatSession, "ask", paced_ask)
+    monkeypatch.setattr(ChatSession, "ask", held_ask)
 
     async def go():
         app = create_app(run_dir)
@@ -269,17 +342,22 @@ def test_chat_streams_from_the_exported_model(tiny_run, monkeypatch):
             screen.query_one("#chat-input", Input).value = "May I tell my friends who visited the food bank?"
             await pilot.press("enter")
             await wait_for(pilot, lambda: screen.busy, 10, "the answer to start")
-            seen_lengths = set()
+            partial: list[str] = []
 
-            def done() -> bool:
+            def first_piece_shown() -> bool:
                 shown = [str(w.render()) for w in screen.query("#pane-aligned .answer")]
-                seen_lengths.update(len(t) for t in shown)
-                return not screen.busy
+                if screen.busy and shown and shown[0].strip() not in ("", "…"):
+                    partial.append(shown[0])
+                    seen_partial.set()
+                return bool(partial) or not screen.busy
 
-            await wait_for(pilot, done, 180, "the answer to finish")
+            await wait_for(pilot, first_piece_shown, 180, "the first piece of the answer")
+            await wait_for(pilot, lambda: not screen.busy, 180, "the answer to finish")
             answers = [str(w.render()) for w in screen.query("#pane-aligned .answer")]
             assert len(answers) == 1 and answers[0].strip() and answers[0] != "(no answer)"
-            assert len(seen_lengths) > 2  # the answer grew piece by piece while it streamed
+            # the answer was on screen while it was still being written, and grew from there
+            assert partial, "the answer appeared only when it was complete"
+            assert answers[0].startswith(partial[0]) and len(answers[0]) > len(partial[0]), (partial, answers)
             await pilot.press("ctrl+t")  # compare with the vanilla model on the next question
             screen.query_one("#chat-input", Input).value = "What must volunteers never ask visitors?"
             await pilot.press("enter")
@@ -320,7 +398,10 @@ def test_every_screen_opens_from_keys_and_palette(in_sample):
             await pilot.pause()
             assert isinstance(app.screen, CommandPalette)
             await pilot.press(*"go to data review")
-            await pilot.pause(1.0)
+            found = app.screen.query_one("CommandList")  # the search runs in a worker: wait for its one hit
+            await wait_for(pilot, lambda: app.screen._list_visible and found.option_count == 1
+                           and "data review" in str(found.get_option_at_index(0).prompt).lower(), 30,
+                           "the palette's match")
             await pilot.press("enter")
             await wait_for(pilot, lambda: isinstance(app.screen, DataScreen), 10, "the data screen")
             bindings = {b.binding.id for b in app.screen.active_bindings.values()}
@@ -359,24 +440,26 @@ def test_start_screen_previews_and_reports_bad_input(in_sample, tmp_path):
             assert "Harborlight" in str(screen.query_one("#preview").render())
             assert screen.query_one("#run-path", Input).value == "runs/code_of_conduct"
             assert "installed" in str(screen.query_one("#teacher-info").render())
-            await wait_for(pilot, lambda: "checking" not in str(screen.query_one("#backend-info").render()), 60,
-                           "the backend check")
-            assert "auto → " in str(screen.query_one("#backend-info").render())
+            await wait_for_backend(pilot, screen)
             # A missing document: a readable message, no crash, no run folder created.
             screen.query_one("#doc-path", Input).value = "missing.md"
             await wait_for(pilot, lambda: "not found" in str(screen.query_one("#preview").render()), 20,
                            "the preview error")
             screen.query_one("#run-path", Input).value = str(tmp_path / "new-run")
             await pilot.click("#start-run")
-            await pilot.pause()
-            assert any(s == "error" and "document not found" in m for s, m in notices(app))
+            await wait_for(pilot, lambda: any(s == "error" and "document not found" in m for s, m in notices(app)),
+                           30, "the missing-document message")
             assert not (tmp_path / "new-run").exists()
             # A bad setting and a folder that is not a run: messages again.
             screen.query_one("#doc-path", Input).value = "code_of_conduct.md"
             screen.query_one("#extra", Input).value = "train.lora_rank=many"
+            # a button ignores clicks during its short pressed animation: click again once it is released
+            await wait_for(pilot, lambda: not screen.query_one("#start-run").has_class("-active"), 10,
+                           "the button's release")
             await pilot.click("#start-run")
-            await pilot.pause()
-            assert any(s == "error" and "lora_rank" in m for s, m in notices(app))
+            await wait_for(pilot, lambda: any(s == "error" and "lora_rank" in m for s, m in notices(app)), 30,
+                           "the bad-setting message")
+            assert not (tmp_path / "new-run").exists()
             assert app.open_run(tmp_path) is False
             assert type(app.screen).__name__ == "StartScreen" and app.active_run is None
 
@@ -427,7 +510,8 @@ def test_start_screen_fills_the_form_from_an_opened_run(sample_copy):
         app = create_app(Path("demo-run"))
         async with app.run_test(size=SIZE) as pilot:
             await pilot.press("1")
-            await pilot.pause(0.5)
+            await wait_for(pilot, lambda: type(app.screen).__name__ == "StartScreen"
+                           and app.screen.query_one("#set-train-max-steps", Input).value == "7", 30, "the run's form")
             screen = app.screen
             assert screen.query_one("#run-path", Input).value == "demo-run"
             assert screen.query_one("#doc-path", Input).value == "demo-run/document.txt"
@@ -507,23 +591,77 @@ def test_reject_edit_and_restore_records(sample_copy):
     assert first in ids("sft", "train") + ids("sft", "valid") + ids("sft", "test")
 
 
-def test_evaluation_screen_shows_table_and_bars(in_sample):
-    from textual.widgets import DataTable
+def _show_report(run: Path, report: dict) -> dict:
+    """Open ``run`` on the Evaluation screen; what its table, charts, notes and notices show."""
+    from textual.widgets import DataTable, Static
     from valign_edge.tui.widgets.charts import BarChart
 
     async def go():
-        app = create_app(Path("demo-run"))
+        app = create_app(run)
         async with app.run_test(size=SIZE) as pilot:
             await pilot.press("4")
-            await pilot.pause()
+            await wait_for(pilot, lambda: type(app.screen).__name__ == "EvalScreen"
+                           and app.screen.query_one("#eval-table", DataTable).row_count > 0, 30, "the report")
+            await wait_for(pilot, lambda: len(app.screen.query(BarChart)) > 0, 30, "the charts")
             table = app.screen.query_one("#eval-table", DataTable)
-            assert table.row_count == 4 and len(table.columns) == 5
-            charts = list(app.screen.query(BarChart))
-            assert [c.title for c in charts] == ["ROUGE-L F1", "BLEU (corpus)", "BERTScore F1",
-                                                 "Faithfulness (judge)"]
-            assert "n/a" in str(charts[3].render())
+            return {"columns": [str(c.label.plain) for c in table.columns.values()],
+                    "rows": [[c.plain if hasattr(c, "plain") else str(c) for c in table.get_row_at(i)]
+                             for i in range(table.row_count)],
+                    "charts": [(c.title, str(c.render())) for c in app.screen.query(BarChart)],
+                    "notes": str(app.screen.query_one("#eval-notes", Static).render()),
+                    "errors": [m for sev, m in notices(app) if sev == "error"]}
 
-    run_async(go())
+    return run_async(go())
+
+
+def _check_screen_shows(shown: dict, report: dict) -> None:
+    """Every system a row, every column of the report a column and a chart, each cell its value and n."""
+    columns = report["columns"]
+    assert shown["errors"] == []
+    assert shown["columns"] == ["system", *columns]
+    assert [row[0] for row in shown["rows"]] == report["systems"] == [r["system"] for r in report["table"]]
+    for row, data in zip(shown["rows"], report["table"]):
+        for text, column in zip(row[1:], columns):
+            value = data[column]
+            assert text.startswith("n/a") if value is None else text.split()[0] == (
+                f"{value:.3f}" if abs(value) < 100 else f"{value:.1f}"), (data["system"], column, text)
+            n = report["counts"][data["system"]][column]
+            assert value is None or f"n={n}" in text, (data["system"], column, text)
+    assert [title for title, _ in shown["charts"]] == [report["column_labels"][c] for c in columns]
+    if report.get("advice"):
+        assert report["advice"][:60] in shown["notes"].replace("\n", " ")
+
+
+def test_evaluation_screen_shows_table_and_bars(in_sample):
+    report = json.loads((in_sample / "demo-run" / "eval" / "report.json").read_text())
+    shown = _show_report(Path("demo-run"), report)
+    _check_screen_shows(shown, report)
+    assert len(shown["rows"]) == 5 and len(shown["columns"]) == 8  # 5 systems, 7 metrics
+    dpo_judge = dict(shown["charts"])["dpo win rate vs system (judge model)"]
+    assert "n/a" in dpo_judge  # dpo is what the win rates are about: no bar of its own
+
+
+def test_evaluation_screen_shows_a_report_made_by_valign_eval(evaluated_run, tmp_path):
+    """The screen on the report the real ``valign eval`` wrote for the shared run (conftest)."""
+    from conftest import copy_run
+
+    run = copy_run(evaluated_run.path, tmp_path / "run")
+    report = json.loads((run / "eval" / "report.json").read_text())
+    _check_screen_shows(_show_report(run, report), report)
+
+
+def test_sample_report_has_the_format_valign_eval_writes(evaluated_run, sample_base):
+    """The snapshots' report, built from fixed answers, has every field a real report has, down to the cells."""
+    real = json.loads((evaluated_run.path / "eval" / "report.json").read_text())
+    sample = json.loads((sample_base / "demo-run" / "eval" / "report.json").read_text())
+    assert sample.keys() == real.keys()
+    assert (sample["systems"], sample["columns"], sample["column_labels"]) == (
+        real["systems"], real["columns"], real["column_labels"])
+    assert [row.keys() for row in sample["table"]] == [row.keys() for row in real["table"]]
+    for key in ("intervals", "counts", "evidence", "preference", "answers", "models"):
+        assert {k: sorted(v) for k, v in sample[key].items()} == {k: sorted(v) for k, v in real[key].items()}, key
+    assert sample["conclusions"].keys() == real["conclusions"].keys()
+    assert sample["win_rate"].keys() == real["win_rate"].keys()
 
 
 def test_evaluation_failure_is_a_message_not_a_crash(sample_copy):
@@ -550,8 +688,8 @@ def test_quit_leaves_no_threads_or_processes(in_sample):
     async def go():
         app = create_app(Path("demo-run"))
         async with app.run_test(size=SIZE) as pilot:
-            await pilot.press("1")
-            await pilot.pause(0.5)
+            await pilot.press("1")  # the start screen starts its worker threads (backend check, preview)
+            await wait_for(pilot, lambda: type(app.screen).__name__ == "StartScreen", 30, "the start screen")
             await pilot.press("ctrl+q")
             await pilot.pause()
         return app
@@ -579,10 +717,18 @@ async def _settle(pilot):
 
 
 def test_snapshot_start(in_sample, snap_compare):
+    from rich.text import Text
+
     async def before(pilot):
-        pilot.app.screen.query_one("#doc-path").value = "code_of_conduct.md"
-        await pilot.pause(0.5)
+        screen = pilot.app.screen
+        screen.query_one("#doc-path").value = "code_of_conduct.md"
+        await wait_for(pilot, lambda: "chunks" in str(screen.query_one("#preview-title").render()), 60,
+                       "the preview")
+        await wait_for_backend(pilot, screen)
         await _settle(pilot)
+        # The backend differs between machines (cpu, cuda, metal): checked above, a fixed text in the image.
+        screen.query_one("#backend-info").update(Text("auto → (this machine's backend)", style="dim"))
+        await pilot.pause()
 
     assert snap_compare(create_app(), terminal_size=SIZE, run_before=before)
 
