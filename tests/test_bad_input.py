@@ -553,8 +553,9 @@ def test_bad_input(case: Case, tmp_path, request):
             case.check(ctx, proc)
     else:
         assert_one_line_error(proc, case.code, case.expect)
-    if ctx.run and case.damage_check and ctx.run.exists():
+    if ctx.run and case.damage_check:
         folder = ctx.after or ctx.run
+        assert folder.is_dir(), "the command deleted the run folder"  # a deleted run is the worst damage
         after = snapshot(folder, ignore=(".lock", "logs", "config.toml"))
         assert _same_settings(settings_before, _settings(folder)), "the run's saved settings changed"
         if case.stage_may_start:
