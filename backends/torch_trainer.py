@@ -3,7 +3,8 @@
 Why our own loop instead of trl's trainers: length-bucketed batches (no padding waste),
 no gradient checkpointing on a model this small, bf16 autocast where the hardware is fast
 at it, and DPO reference log-probs computed once from the SFT model instead of a second
-model in memory. Checkpoints are safetensors + JSON (no pickles) with the optimizer state.
+model in memory. Checkpoints are safetensors + JSON (no pickles) with the optimizer state. Several
+processes train data-parallel through ``torch_dist`` (a ``Group``); one process is a group of one.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from ..events import Callback, Event, Progress, log
 from ..trainplan import StagePlan
 from ..workspace import Run, atomic_write_text, peak_rss_mb
 from .hf import load_tokenizer, student_dir
+from .torch_dist import Group
 
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -50,7 +52,7 @@ class TorchTrainer:
     micro_batching = True
     precision_for = staticmethod(precision_for)
 
-    def __init__(self, cfg: RunConfig, device: str = "cpu"):
+    def __init__(self, cfg: RunConfig, device: str = "cpu", group: Group | None = None):
         import warnings
 
         import torch
@@ -60,12 +62,12 @@ class TorchTrainer:
 
         quiet_transformers()
 
-        self.cfg, self.device = cfg, device
+        self.cfg, self.device, self.group = cfg, device, group or Group()
         tc = cfg.train
-        if device == "cpu":
+        if device == "cpu":  # the cores shared by this machine's training processes
             from ..cpu import compute_threads
 
-            torch.set_num_threads(tc.threads or compute_threads())
+            torch.set_num_threads(tc.threads or max(1, compute_threads() // self.group.local_world))
         self.precision = precision_for(tc.precision, device)
         self.autocast_dtype = torch.bfloat16 if self.precision == "bf16-autocast" else None
 
@@ -85,7 +87,7 @@ class TorchTrainer:
         except (OSError, ValueError) as exc:
             raise UserError(f"cannot load the student from {base}: {str(exc).splitlines()[0]}") from None
         model.config.use_cache = False
-        return model.to(self.device)
+        return model if self.group.fsdp else model.to(self.device)  # FSDP places it (Group.wrap)
 
     def lora_config(self):
         from peft import LoraConfig
@@ -136,10 +138,11 @@ class TorchTrainer:
     def _save_checkpoint(self, model, optimizer, out: Path, step: int, key: str) -> None:
         from safetensors.torch import save_file
 
-        ckpt = out / "checkpoint"
-        tmp = out / ".checkpoint.tmp"
+        if not self.group.is_main:
+            return
+        ckpt, tmp = out / "checkpoint", out / ".checkpoint.tmp"
         tmp.mkdir(parents=True, exist_ok=True)
-        model.save_pretrained(tmp, safe_serialization=True)
+        model.save_pretrained(tmp, safe_serialization=True, state_dict=self.group.adapter_state(model))
         state = optimizer.state_dict()
         tensors = {f"{idx}.{name}": v.detach().cpu().contiguous() for idx, st in state["state"].items()
                    for name, v in st.items()}
@@ -154,8 +157,6 @@ class TorchTrainer:
 
     def _load_checkpoint(self, model, optimizer, out: Path, key: str) -> int:
         """Restore adapter and optimizer from ``out/checkpoint``; the step to continue from (0: none)."""
-        import torch
-        from peft import set_peft_model_state_dict
         from safetensors.torch import load_file
 
         ckpt = out / "checkpoint"
@@ -165,22 +166,23 @@ class TorchTrainer:
         meta = json.loads(state_path.read_text())
         if meta.get("key") != key:
             return 0
-        set_peft_model_state_dict(model, load_file(str(ckpt / "adapter_model.safetensors")))
+        self.group.load_adapter(model, load_file(str(ckpt / "adapter_model.safetensors")))
         flat = load_file(str(ckpt / "optimizer.safetensors"))
         state: dict[int, dict[str, Any]] = {}
         for name, tensor in flat.items():
             idx, field = name.split(".", 1)
             state.setdefault(int(idx), {})[field] = tensor.to(self.device) if field != "step" else tensor
         optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
-        del torch
         return int(meta["step"])
 
     def _finish(self, model, out: Path, meta: dict) -> None:
         import shutil
 
+        if not self.group.is_main:
+            return
         tmp = out.parent / f".{out.name}.final"
         shutil.rmtree(tmp, ignore_errors=True)
-        model.save_pretrained(tmp, safe_serialization=True)
+        model.save_pretrained(tmp, safe_serialization=True, state_dict=self.group.adapter_state(model))
         (tmp / "training.json").write_text(json.dumps(meta, indent=2))
         shutil.rmtree(out, ignore_errors=True)
         os.replace(tmp, out)
@@ -195,52 +197,63 @@ class TorchTrainer:
         batches, lengths, lr, key = plan.batches, plan.lengths, plan.lr, plan.key
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
-        start = self._load_checkpoint(model, optimizer, out, key)
+        start = self.group.same(self._load_checkpoint(model, optimizer, out, key), "checkpoint step")
         if start:
             log(emit, stage, f"resuming from step {start} of {len(batches)}")
         progress = Progress(emit, stage, len(batches), "steps", done=start)
-        tokens, t0, history = 0, time.monotonic(), []
+        tokens, t0, history, self._metric_names = 0, time.monotonic(), [], None
         model.train()
         for step in range(start, len(batches)):
-            if should_stop():
+            if self.group.agree(should_stop()):  # rank 0's say: every process stops at the same step
                 self._save_checkpoint(model, optimizer, out, step, key)
                 raise Cancelled(f"{stage} cancelled at step {step}")
             for group in optimizer.param_groups:
                 group["lr"] = batching.lr_at(step, len(batches), tc.warmup_steps, lr)
             optimizer.zero_grad(set_to_none=True)
             loss, n_tokens, metrics = self._accumulate(step_fn, batches[step], lengths, params)
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, 1.0).item()
             optimizer.step()
             tokens += n_tokens
             elapsed = time.monotonic() - t0
             row = {"step": step + 1, "loss": round(loss, 4), "tokens_per_s": round(tokens / elapsed, 1),
-                   "peak_rss_mb": round(peak_rss_mb()), **metrics}
+                   "peak_rss_mb": round(peak_rss_mb()), "grad_norm": round(grad_norm, 6), **metrics}
             history.append(row)
             emit(Event("metric", stage, data=row))
             progress.update(1, loss=row["loss"], tok_s=row["tokens_per_s"])
             if (step + 1) % tc.checkpoint_every == 0 and step + 1 < len(batches):
                 self._save_checkpoint(model, optimizer, out, step + 1, key)
-        return {"steps": len(batches), "resumed_from": start, "tokens": tokens,
+        rss = self.group.gather(peak_rss_mb())
+        return {"steps": len(batches), "resumed_from": start, "tokens": tokens, "world_size": self.group.world,
+                "peak_rss_mb_per_process": [round(x) for x in rss],
                 "seconds": round(time.monotonic() - t0, 2), "history": history,
                 "final_loss": history[-1]["loss"] if history else None}
 
     def _accumulate(self, step_fn, batch: list[int], lengths: list[int], params) -> tuple[float, int, dict]:
-        """Gradients of the whole step's mean loss, one micro-batch at a time: each part's mean is
-        weighted by its units and the sum divided by all units, so the update equals one big pass."""
+        """Gradients of the whole step's mean loss, one micro-batch of this process's shard at a time:
+        each part's mean is weighted by its units; the sums over all processes are divided by all units,
+        so the update equals one big pass in one process."""
         loss, n_tokens, metrics, units = 0.0, 0, {}, 0
-        for part in batching.micro_batches(batch, lengths, self.cfg.train.micro_batch_tokens):
+        parts = batching.micro_batches(self.group.shard(batch), lengths, self.cfg.train.micro_batch_tokens)
+        for part, real in self.group.passes(parts, batch[:1]):
             part_loss, part_tokens, part_metrics, part_units = step_fn(part)
-            (part_loss * part_units).backward()
+            (part_loss * (part_units if real else 0)).backward()
+            if not real:  # FSDP: a pass this rank had no data for
+                continue
             loss += part_loss.item() * part_units
             n_tokens += part_tokens
             units += part_units
             for name, value in part_metrics.items():
                 metrics[name] = metrics.get(name, 0.0) + value * part_units
+        if self._metric_names is None:  # rank 0 always has items (its shard starts the batch)
+            self._metric_names = self.group.broadcast_json(sorted(metrics))
+        names = self._metric_names
+        loss, n_tokens, units, *values = self.group.sum([loss, n_tokens, units, *(metrics.get(n, 0.0) for n in names)])
+        self.group.sum_grads(params)
         units = max(1, units)
         for p in params:
             if p.grad is not None:
                 p.grad /= units
-        return loss / units, n_tokens, {name: round(value / units, 4) for name, value in metrics.items()}
+        return loss / units, int(n_tokens), {name: round(value / units, 4) for name, value in zip(names, values)}
 
     # --- SFT -------------------------------------------------------------------------------
     def sft(self, run: Run, emit: Callback, should_stop=lambda: False) -> dict:
@@ -253,7 +266,7 @@ class TorchTrainer:
         plan = trainplan.plan(run, self.cfg, "sft", tok, self.name, self.precision)
         examples = plan.items
         torch.manual_seed(self.cfg.seed)
-        model = get_peft_model(self.load_base(base), self.lora_config())
+        model = self.group.wrap(get_peft_model(self.load_base(base), self.lora_config()), self.device)
         log(emit, "train_sft", f"{len(examples)} examples, {plan.steps} steps, LoRA r={tc.lora_rank}, "
                                f"{self.device} {self.precision}")
         out = run.adapter_dir("sft")
@@ -297,9 +310,11 @@ class TorchTrainer:
         torch.manual_seed(self.cfg.seed)
         # The policy continues the SFT adapter, so the final adapter applies to the original base
         # (usable as a GGUF LoRA over the base GGUF); at step 0 it *is* the SFT model, the reference.
-        model = PeftModel.from_pretrained(self.load_base(base), str(sft_dir), is_trainable=True)
+        model = self.group.wrap(PeftModel.from_pretrained(self.load_base(base), str(sft_dir), is_trainable=True),
+                                self.device)
         out = run.adapter_dir("dpo")
-        out.mkdir(parents=True, exist_ok=True)
+        if self.group.is_main:
+            out.mkdir(parents=True, exist_ok=True)
         ref_path = out / "reference_logps.safetensors"
 
         def logps(batch: list[int]):
@@ -314,20 +329,25 @@ class TorchTrainer:
             sums, counts = self._token_logps(model, ids, mask, starts, ends)
             return sums.view(-1, 2), int(mask.sum())
 
-        ref_meta = out / "reference.json"
-        if ref_path.exists() and ref_meta.exists() and json.loads(ref_meta.read_text()).get("key") == key:
-            ref = load_file(str(ref_path))["logps"]
+        ref_meta, ref = out / "reference.json", torch.zeros(len(pairs), 2)
+        # Rank 0 decides; each process fills its rows (rank 0 all of them from the file), the sum is the whole.
+        if self.group.agree(ref_path.exists() and ref_meta.exists()
+                            and json.loads(ref_meta.read_text()).get("key") == key):
+            ref = self.group.sum_tensor(load_file(str(ref_path))["logps"] if self.group.is_main else ref)
         else:
             model.eval()
-            ref = torch.zeros(len(pairs), 2)
+            chunks = [list(range(s, min(len(pairs), s + 8))) for s in range(0, len(pairs), 8)]
             rp = Progress(emit, "dpo_reference", len(pairs), "pairs")
             with torch.no_grad():
-                for chunk_start in range(0, len(pairs), 8):
-                    idx = list(range(chunk_start, min(len(pairs), chunk_start + 8)))
-                    ref[idx] = logps(idx)[0].float().cpu()
-                    rp.update(len(idx))
-            save_file({"logps": ref.contiguous()}, str(ref_path))
-            atomic_write_text(out / "reference.json", json.dumps({"key": key}))
+                for idx, real in self.group.passes(self.group.shard(chunks), chunks[0]):
+                    values = logps(idx)[0].float().cpu()
+                    if real:
+                        ref[idx] = values
+                        rp.update(min(len(idx) * self.group.world, rp.total - rp.done))
+            ref = self.group.sum_tensor(ref)
+            if self.group.is_main:
+                save_file({"logps": ref.contiguous()}, str(ref_path))
+                atomic_write_text(out / "reference.json", json.dumps({"key": key}))
         log(emit, "train_dpo", f"{len(pairs)} pairs, {plan.steps} steps, beta={tc.dpo_beta}, reference log-probs "
                                f"precomputed (no second model)")
         beta = tc.dpo_beta
@@ -337,14 +357,17 @@ class TorchTrainer:
             reference = ref[batch].to(policy.device)
             margin = (policy[:, 0] - reference[:, 0]) - (policy[:, 1] - reference[:, 1])
             loss = -F.logsigmoid(beta * margin).mean()
+            if tc.dpo_sft_weight:  # RPO: keep the chosen answers likely, not only likelier than the rejected
+                lengths = torch.tensor([len(pairs[i].chosen) for i in batch], device=policy.device)
+                loss = loss - tc.dpo_sft_weight * (policy[:, 0] / lengths).mean()
             accuracy = (margin > 0).float().mean().item()
             return loss, n_tokens, {"reward_accuracy": accuracy, "margin": beta * margin.mean().item()}, len(batch)
 
         result = self._loop("train_dpo", model, plan, out, step_fn, emit, should_stop)
         result.update(pairs=len(pairs), beta=beta, precision=self.precision, device=self.device, base=str(base))
         self._finish(model, out, result)
-        # ``_finish`` replaced the folder: keep the reference log-probs beside the adapter.
-        save_file({"logps": ref.contiguous()}, str(out / "reference_logps.safetensors"))
+        if self.group.is_main:  # ``_finish`` replaced the folder: keep the reference log-probs beside the adapter
+            save_file({"logps": ref.contiguous()}, str(out / "reference_logps.safetensors"))
         return result
 
     # --- merge ------------------------------------------------------------------------------

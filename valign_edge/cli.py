@@ -43,7 +43,7 @@ def _resolve_config(args: argparse.Namespace, run_dir: Path | None):
 
     overrides = config.parse_set(args.set)
     for flag, key in (("teacher", "teacher"), ("student", "student"), ("seed", "seed"),
-                      ("backend", "train.backend"), ("quant", "export.quant")):
+                      ("backend", "train.backend"), ("quant", "export.quant"), ("processes", "train.processes")):
         if getattr(args, flag, None) is not None:
             overrides[key] = getattr(args, flag)
     # Only a run's own config.toml: a folder that is not a run may hold an unrelated one.
@@ -139,8 +139,11 @@ def _print_generate_summary(run, info: dict) -> None:
 
 
 def cmd_train(args) -> int:
+    from .backends.torch_dist import follow, launched_follower
     from .train import train
 
+    if launched_follower():  # a rank > 0 under torchrun / accelerate launch: rank 0 leads, writes everything
+        return follow()
     run = _open_run(args.run, create=False)
     cfg = _resolve_config(args, args.run)
     emit, sink = _emitter(run)
@@ -169,10 +172,13 @@ def cmd_export(args) -> int:
 
 
 def cmd_run(args) -> int:
+    from .backends.torch_dist import follow, launched_follower
     from .ingest import read_document
     from .models import resolve
     from .pipeline import run_all
 
+    if launched_follower():  # only the training stages run in several processes
+        return follow()
     cfg = _resolve_config(args, args.out)
     text = read_document(args.document).text
     _announce(resolve(cfg.teacher, "teacher"))
@@ -334,6 +340,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = verb("train", cmd_train, "LoRA SFT then DPO on the run's data (torch/PEFT or MLX)")
     p.add_argument("run", type=Path, help="run folder with generated data")
+    for p in (sub.choices["run"], p):
+        p.add_argument("--processes", type=int, metavar="N",
+                       help="train data-parallel in N processes (torch: gloo on the CPU, NCCL on GPUs); the "
+                            "result equals one process's. On a cluster: torchrun / accelerate launch (README)")
 
     p = verb("export", cmd_export, "merge adapters, convert to GGUF, quantize, verify, write a Modelfile")
     p.add_argument("run", type=Path, help="run folder with trained adapters")

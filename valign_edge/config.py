@@ -83,6 +83,11 @@ class TrainConfig:
     precision: str = opt("auto", "auto, fp32 or bf16 (bf16 autocast where the hardware is fast at it)", NONE)
     checkpoint_every: int = opt(25, "steps between resumable checkpoints", NONE)
     threads: int = opt(0, "CPU threads for training (0: all cores, or 1 while the machine is busy)", NONE)
+    processes: int = opt(1, "torch: data-parallel training processes on this machine (gloo on the CPU, NCCL on "
+                            "CUDA GPUs, one GPU each); the update is one process's. Under torchrun or "
+                            "accelerate launch the launcher's process count is used instead", NONE)
+    fsdp: bool = opt(False, "torch on CUDA: shard the student's frozen weights over the processes with FSDP, for "
+                            "a student that does not fit one GPU (untested on this project's machines)", NONE)
 
     def settings_for(self, stage: str) -> dict[str, Any]:
         """The settings that change the result of ``stage`` ("sft" or "dpo"), for its key."""
@@ -290,6 +295,7 @@ LIMITS: dict[str, tuple[float | None, float | None, str]] = {
     "train.dpo_beta": (POSITIVE, 100, "a DPO beta"),
     "train.dpo_sft_weight": (0, 100, "a loss weight"),
     "train.checkpoint_every": (1, None, "steps between checkpoints"),
+    "train.processes": (1, 1024, "a number of training processes"),
     "export.verify_prompts": (1, 100, "test prompts"),
     "export.verify_tokens": (1, 4096, "tokens per prompt"),
     "eval.max_new_tokens": (1, 8192, "an answer length"),
