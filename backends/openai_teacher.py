@@ -221,7 +221,11 @@ class OpenAITeacher:
         if seed is not None:
             body["seed"] = seed
         if self.engine == "llama.cpp":  # the in-process teacher's sampling
-            body.update(top_k=40 if temperature > 0 else 1, repeat_penalty=1.1)
+            # Without its prompt cache llama-server answers a request the same way each time (with it,
+            # seeded sampling differed between two identical sequential requests): a resumed run makes
+            # the records an uninterrupted one made. Requests batched together in parallel slots can
+            # still differ in the last bits of their logits (measured: tests, bench/RESULTS.md).
+            body.update(top_k=40 if temperature > 0 else 1, repeat_penalty=1.1, cache_prompt=False)
         elif self.engine == "vllm":
             body.update(top_k=40 if temperature > 0 else 1, repetition_penalty=1.1)
         start = time.perf_counter()
