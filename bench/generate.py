@@ -7,6 +7,13 @@ filters; we report valid records per minute, duplicates, identical pairs, and th
 teacher's decode rate against raw llama.cpp (from llama.cpp's own perf counters).
 
     .venv/bin/python bench/generate.py [--chunks 10] [--doc ../shared/data/udhr.txt]
+
+``--server``: instead, the in-process teacher against llama.cpp's ``llama-server`` (built from the same
+pinned source, ``scripts/llama_server.sh``) with 1 slot and 1 or 4 requests in flight, and with 4 slots
+and ``generate.concurrency`` 4: the same synthesizer, document, chunks and total thread count (``--threads``),
+valid records per minute side by side.
+
+    .venv/bin/python bench/generate.py --server [--chunks 4] [--threads 2]
 """
 
 from __future__ import annotations
@@ -100,17 +107,75 @@ def naive(teacher: LlamaTeacher, chunks, cfg: GenerateConfig) -> dict:
             "duplicate_questions": dup, "identical_pairs": same}
 
 
+def engines(chunks, cfg: GenerateConfig, threads: int, model: Path) -> dict:
+    """Valid records per minute: in-process teacher vs llama-server (1 slot with 1 and 4 requests in
+    flight; 4 slots, 4 in flight); whether the server's records match those of 1 slot, 1 in flight."""
+    from dataclasses import replace
+
+    from valign_edge.backends.llama_server import LlamaServer, binary
+    from valign_edge.backends.openai_teacher import OpenAITeacher
+    from valign_edge.workspace import read_jsonl
+
+    binary()  # built before any clock starts
+
+    def measure(teacher, gen: GenerateConfig) -> dict:
+        with tempfile.TemporaryDirectory() as tmp:
+            run = Run.open(Path(tmp) / "run")
+            t0 = time.perf_counter()
+            synthesize(run, chunks, teacher, gen, 0, "bench", lambda e: None)
+            seconds = time.perf_counter() - t0
+            recs = {k: read_jsonl(run.synth_dir / f"{k}.jsonl") for k in ("sft", "dpo")}
+        for rows in recs.values():
+            for r in rows:
+                r.pop("key", None)
+        valid = sum(len(r["items"]) for rows in recs.values() for r in rows)
+        return {"seconds": round(seconds, 1), "valid_records": valid, "records_per_min": valid / seconds * 60,
+                "calls": teacher.stats()["calls"], "records": recs}
+
+    out = {}
+    local = LlamaTeacher(model, n_ctx=cfg.n_ctx, n_threads=threads, n_threads_batch=threads)
+    out["in-process"] = measure(local, cfg)
+    local.llm.close()
+    del local
+    for slots, concurrency in ((1, 1), (1, 4), (4, 4)):
+        with LlamaServer(model, parallel=slots, threads=threads, ctx_per_slot=cfg.n_ctx) as server:
+            teacher = OpenAITeacher(server.url)
+            out[f"server {slots} slot(s), {concurrency} in flight"] = measure(teacher, replace(cfg, concurrency=concurrency))
+    names = list(out)
+    same = {n: out[n]["records"] == out[names[1]]["records"] for n in names[2:]}
+    for r in out.values():
+        r.pop("records")
+    print(f"{len(chunks)} chunks, {threads} threads in every configuration")
+    print(f"{'':34}{'seconds':>9}{'valid':>7}{'calls':>7}{'records/min':>13}")
+    for name, r in out.items():
+        print(f"{name:34}{r['seconds']:>9.1f}{r['valid_records']:>7}{r['calls']:>7}{r['records_per_min']:>13.2f}")
+    base = out[names[0]]["records_per_min"]
+    for name in names[1:]:
+        print(f"{name} / in-process: {out[name]['records_per_min'] / base:.2f}x")
+    print(f"records identical to {names[1]}'s: {same}")
+    return {"chunks": len(chunks), "threads": threads, "engines": out, "same_records_as_1_slot": same}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--doc", default=str(ROOT.parent / "shared" / "data" / "udhr.txt"))
     ap.add_argument("--chunks", type=int, default=10, help="articles to use (from Article 1)")
     ap.add_argument("--questions", type=int, default=3)
     ap.add_argument("--json", help="also write the results here")
+    ap.add_argument("--server", action="store_true", help="in-process teacher vs llama-server (see above)")
+    ap.add_argument("--threads", type=int, default=2, help="--server: threads for every configuration")
     args = ap.parse_args()
     cfg = GenerateConfig(questions_per_chunk=args.questions, pairs_per_chunk=1)
-    teacher = LlamaTeacher(resolve("smollm2-135m-instruct").path, n_ctx=cfg.n_ctx)
+    model = resolve("smollm2-135m-instruct").path
+    teacher = LlamaTeacher(model, n_ctx=cfg.n_ctx)
     chunks = [c for c in chunk_text(read_document(args.doc).text, cfg.chunk_tokens, cfg.chunk_overlap,
                                      teacher.count_tokens) if c.heading.startswith("Article")][: args.chunks]
+    if args.server:
+        teacher.llm.close()
+        result = engines(chunks, cfg, args.threads, model)
+        if args.json:
+            Path(args.json).write_text(json.dumps(result, indent=2))
+        return
     raw = raw_decode_rate(teacher)
 
     t0 = time.perf_counter()
