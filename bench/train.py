@@ -6,6 +6,13 @@ fp32 on the CPU. Each configuration runs in its own process so peak RSS is its o
 Throughput counts non-padding tokens only.
 
     .venv/bin/python bench/train.py [--run runs/udhr] [--steps 20]
+
+``--parallel`` (issue 12) instead runs ``valign train`` itself on the run's data in fresh run folders:
+1 process against 2 data-parallel processes (gloo) with the same cores (1 x 2 threads, 2 x 1 thread),
+and fp32 against bf16 autocast (AMX, and AVX512_BF16 alone: oneDNN limited to AVX512_CORE_BF16 through
+ONEDNN_MAX_CPU_ISA, the path a CPU with AVX512_BF16 but no AMX takes), each as its own command.
+
+    .venv/bin/python bench/train.py --parallel --run RUN [--steps 6] [--json out.json]
 """
 
 from __future__ import annotations
@@ -119,15 +126,84 @@ def one(kind: str, stage: str, run_dir: Path, steps: int) -> None:
     report(result)
 
 
+PARALLEL = [  # (label, processes, threads per process, precision, extra environment)
+    ("1 process fp32", 1, 2, "fp32", {}),
+    ("2 processes fp32", 2, 1, "fp32", {}),
+    ("1 process bf16 (AMX)", 1, 2, "bf16", {}),
+    ("1 process bf16 (AVX512_BF16, no AMX)", 1, 2, "bf16", {"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_BF16"}),
+    ("2 processes bf16 (AMX)", 2, 1, "bf16", {}),
+]
+
+
+def cpu_line() -> str:
+    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    model = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), "?")
+    flags = next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), [])
+    wanted = [f for f in flags if f.startswith(("amx", "avx512_bf16", "avx512f", "avx512_vnni"))]
+    cores = len([x for x in info.splitlines() if x.startswith("processor")])
+    return f"{model}, {cores} cores, flags: {' '.join(wanted)}"
+
+
+def parallel(run_dir: Path, steps: int) -> dict:
+    """``valign train`` per configuration on a copy of the run's training data; figures from its manifest."""
+    import os
+    import shutil
+
+    out = {"cpu": cpu_line(), "steps": steps, "configs": {}}
+    for label, processes, threads, precision, env in PARALLEL:
+        with tempfile.TemporaryDirectory() as tmp:
+            run = Path(tmp) / "run"
+            shutil.copytree(run_dir / "data", run / "data")
+            (run / "manifest.json").write_text(json.dumps({"format": json.loads(
+                (run_dir / "manifest.json").read_text())["format"], "stages": {}, "files": []}))
+            load = os.getloadavg()[0]
+            flags = ["--set", f"train.max_steps={steps}", "--set", "train.sft_epochs=100", "--set",
+                     "train.dpo_epochs=100", "--set", f"train.threads={threads}", "--set",
+                     f"train.precision={precision}", "--set", "train.batch_tokens=512", "--set", "train.warmup_steps=0"]
+            proc = subprocess.run([sys.executable, "-m", "valign_edge.cli", "train", str(run), "--processes",
+                                   str(processes), *flags], capture_output=True, text=True,
+                                  env=dict(os.environ, TOKENIZERS_PARALLELISM="false", **env))
+            if proc.returncode:
+                raise SystemExit(f"{label} failed:\n{proc.stderr[-3000:]}")
+            stages = json.loads((run / "manifest.json").read_text())["stages"]
+            row = {"load_before": round(load, 1), "load_after": round(os.getloadavg()[0], 1)}
+            for stage in ("sft", "dpo"):
+                info = stages[f"train_{stage}"]
+                history = json.loads((run / "adapters" / stage / "training.json").read_text())["history"]
+                row[stage] = {"tokens_per_s": round(info["tokens"] / info["seconds"], 1),
+                              "precision": info["precision"],
+                              "peak_rss_mb_per_process": info["peak_rss_mb_per_process"],
+                              "losses": [h["loss"] for h in history]}
+        out["configs"][label] = row
+        print(f"{label:40} " + "  ".join(f"{s} {row[s]['tokens_per_s']:7.1f} tok/s RSS "
+                                          f"{row[s]['peak_rss_mb_per_process']} MB" for s in ("sft", "dpo"))
+              + f"  (load {row['load_before']})", flush=True)
+    base = out["configs"]["1 process fp32"]
+    for label, row in out["configs"].items():
+        for stage in ("sft", "dpo"):
+            ref, ours = base[stage]["losses"], row[stage]["losses"]
+            row[stage]["speed_vs_1p_fp32"] = round(row[stage]["tokens_per_s"] / base[stage]["tokens_per_s"], 2)
+            row[stage]["loss_rel_diff_max"] = round(max(abs(a - b) / abs(b) for a, b in zip(ours, ref)), 4)
+        print(f"{label:40} " + "  ".join(f"{s} x{row[s]['speed_vs_1p_fp32']:.2f} loss diff <= "
+                                          f"{row[s]['loss_rel_diff_max']:.4f}" for s in ("sft", "dpo")))
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--run", type=Path, default=ROOT / "runs" / "udhr", help="a run folder with generated data")
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--one", nargs=2, metavar=("KIND", "STAGE"), help=argparse.SUPPRESS)
     ap.add_argument("--json")
+    ap.add_argument("--parallel", action="store_true", help="1 vs 2 processes, fp32 vs bf16 (valign train)")
     args = ap.parse_args()
     if args.one:
         return one(*args.one, args.run, args.steps)
+    if args.parallel:
+        result = parallel(args.run, args.steps)
+        if args.json:
+            Path(args.json).write_text(json.dumps(result, indent=2))
+        return
     if not (args.run / "data" / "sft" / "train.jsonl").exists():
         print(f"generating UDHR data into {args.run} first", file=sys.stderr)
         subprocess.run([sys.executable, "-m", "valign_edge.cli", "generate", str(ROOT.parent / "shared" / "data" /
