@@ -23,7 +23,6 @@ import threading
 import time
 import urllib.parse
 from dataclasses import dataclass
-from pathlib import Path
 
 from ..errors import UserError
 
@@ -103,10 +102,9 @@ def remote_notice(spec: str, role: str = "teacher") -> str | None:
             f"({ep.url}) {how}")
 
 
-def server_ref(spec: str, role: str = "teacher"):
-    """A ``models.ModelRef`` of kind "server" (checked for privacy; nothing is contacted)."""
-    from ..models import ModelRef
-
+def server_url(spec: str, role: str = "teacher") -> str:
+    """The checked endpoint URL of a server model (privacy checked; nothing is contacted); ``models.resolve``
+    makes it a ModelRef of kind "server"."""
     if role == "judge":
         raise UserError("a judge behind a server is not supported (the judge reads log-probabilities of given "
                         "replies); set eval.judge to a GGUF or preset")
@@ -114,7 +112,7 @@ def server_ref(spec: str, role: str = "teacher"):
         raise UserError(f"the {role} must be a model on this machine; only the teacher can be a server")
     ep = parse(spec, role)
     check_privacy(ep, role)
-    return ModelRef(ep.url, Path(os.devnull), "server", {"url": ep.url})
+    return ep.url
 
 
 # --- structured output without a grammar field: a JSON schema with the same constraints -------------

@@ -168,10 +168,9 @@ def _page_text(lines: list[Line], page_no: int, body: float, levels: dict, outli
     return "".join(out)
 
 
-def read_pdf(path: Path) -> tuple[str, list[tuple[int, int]]]:
-    """(text, [(offset where a page starts, page number), ...]); one ``UserError`` line on any problem."""
-    from .ingest import normalize
-
+def read_pdf(path: Path, normalize) -> tuple[str, list[tuple[int, int]]]:
+    """(text, [(offset where a page starts, page number), ...]); one ``UserError`` line on any problem.
+    ``normalize`` is ingest's text normalizer (passed in: ingest imports this module)."""
     try:
         from pypdf import PdfReader
     except ImportError:

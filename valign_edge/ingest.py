@@ -144,7 +144,7 @@ def read_document(path: str | Path) -> Document:
         from . import docformats
 
         if data.startswith(b"%PDF-"):
-            text, pages = docformats.read_pdf(path)  # normalized page by page: the page offsets hold
+            text, pages = docformats.read_pdf(path, normalize)  # normalized page by page: the page offsets hold
         elif data.startswith(b"PK"):
             text = normalize(docformats.read_docx(path))
         else:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -76,7 +77,8 @@ def resolve(spec: str, role: str = "model") -> ModelRef:
     from .backends import openai_teacher
 
     if openai_teacher.is_server(spec):  # http://HOST:PORT/v1: loopback only unless --allow-remote
-        return openai_teacher.server_ref(spec, role)
+        url = openai_teacher.server_url(spec, role)
+        return ModelRef(url, Path(os.devnull), "server", {"url": url})
     if stores.is_store_name(spec):  # ollama:NAME:TAG, lmstudio:..., hf:...: a GGUF read in place
         path = stores.resolve(spec, role)
         check_gguf(path)

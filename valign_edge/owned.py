@@ -80,7 +80,7 @@ def _read_session(run) -> dict | None:
 
 
 def open_session(run, before: dict) -> None:
-    from .workspace import write_json
+    from .files import write_json
 
     write_json(run.root / SESSION, before)
 

@@ -13,13 +13,15 @@ import json
 import os
 import resource
 import sys
-import tempfile
 import time
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterator
 
 from . import RUN_FORMAT_VERSION, __version__
 from .errors import UserError
+from .files import (  # noqa: F401 (the run's file primitives, re-exported)
+    _json_type, append_jsonl, atomic_write_bytes, atomic_write_text, open_append, read_jsonl, read_jsonl_lines,
+    write_json, write_jsonl)
 
 STAGES = ("generate", "train_sft", "train_dpo", "export", "eval")
 
@@ -78,118 +80,6 @@ def available_memory_bytes() -> int | None:
     except (OSError, ValueError):
         pass
     return max(0, available)
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def write_json(path: Path, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
-
-
-def write_jsonl(path: Path, records: Iterable[dict]) -> None:
-    atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
-
-
-def _drop_torn_tail(path: Path) -> None:
-    """Cut a half-written last line (no newline) left by a killed writer: that record was never whole,
-    and appending after it would bury it mid-file, where it reads as a damaged line."""
-    with open(path, "rb+") as f:
-        size = f.seek(0, os.SEEK_END)
-        if not size:
-            return
-        f.seek(size - 1)
-        if f.read(1) == b"\n":
-            return
-        keep, pos = 0, size
-        while pos > 0 and not keep:
-            step = min(pos, 1 << 16)
-            pos -= step
-            f.seek(pos)
-            block = f.read(step)
-            cut = block.rfind(b"\n")
-            if cut >= 0:
-                keep = pos + cut + 1
-        f.truncate(keep)
-
-
-def append_jsonl(path: Path, record: dict) -> None:
-    """Append one record and flush it, so a killed process loses at most the record in flight."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if path.exists():
-        _drop_torn_tail(path)
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(json.dumps(record, ensure_ascii=False) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def open_append(path: Path):
-    """A text file to append lines to (logs), after cutting a torn last line a killed writer left."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if path.exists():
-        _drop_torn_tail(path)
-    return open(path, "a", encoding="utf-8")
-
-
-def read_jsonl(path: Path, torn_tail: bool = True) -> list[dict]:
-    """Read a JSONL file of objects. A half-written last line (no newline: a killed writer of an
-    append-only file) is ignored when ``torn_tail``; any other bad line is a one-line error naming
-    ``FILE:LINE``, never silently skipped (data files are an interface users edit)."""
-    return [row for _, row in read_jsonl_lines(path, torn_tail)]
-
-
-def read_jsonl_lines(path: Path, torn_tail: bool = True) -> list[tuple[int, dict]]:
-    """``read_jsonl`` with each record's line number."""
-    if not path.exists():
-        return []
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise UserError(f"cannot read {path}: {exc.strerror}") from None
-    lines = raw.split(b"\n")
-    records = []
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        torn = number == len(lines)  # the text after the last newline
-        try:
-            row = json.loads(line.decode("utf-8"))
-        except UnicodeDecodeError:
-            if torn and torn_tail:
-                continue
-            raise UserError(f"{path}:{number}: not UTF-8 text; fix or delete that line") from None
-        except json.JSONDecodeError as exc:
-            if torn and torn_tail:
-                continue
-            raise UserError(f"{path}:{number}: not valid JSON ({exc.msg} at column {exc.colno}); "
-                            "fix or delete that line") from None
-        if not isinstance(row, dict):
-            raise UserError(f"{path}:{number}: expected a JSON object, found {_json_type(row)}; "
-                            "fix or delete that line")
-        records.append((number, row))
-    return records
-
-
-def _json_type(value: Any) -> str:
-    return {list: "an array", str: "a string", bool: "a boolean", type(None): "null",
-            int: "a number", float: "a number"}.get(type(value), type(value).__name__)
 
 
 class Run:
