@@ -35,7 +35,8 @@ def test_auto_picks_torch_on_the_gpu():
 
 
 def test_sft_and_dpo_train_on_cuda(tmp_path, tiny_student):
-    run, cfg = make_run(tmp_path, tiny_student, sft_lr=3e-2, dpo_lr=2e-2, max_steps=12, dpo_beta=0.5)
+    run, cfg = make_run(tmp_path, tiny_student, sft_lr=3e-2, dpo_lr=2e-2, max_steps=12, dpo_beta=0.5,
+                        dpo_sft_weight=0.0)
     trainer = cuda_trainer(cfg)
     sft = trainer.sft(run, lambda e: None)
     losses = [h["loss"] for h in sft["history"]]

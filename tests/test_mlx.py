@@ -83,7 +83,7 @@ def mlx_trainer(cfg):
 def trained(tmp_path_factory, tiny_model):
     """One run with SFT then DPO trained by MLX, and the events each stage emitted."""
     run, cfg = make_run(tmp_path_factory.mktemp("mlx-run") / "run", tiny_model, sft_lr=3e-2, dpo_lr=2e-2,
-                        max_steps=10, dpo_beta=0.5)
+                        max_steps=10, dpo_beta=0.5, dpo_sft_weight=0.0)  # plain DPO: ln 2 at step 0
     trainer = mlx_trainer(cfg)
     events = {"sft": [], "dpo": []}
     sft = trainer.sft(run, events["sft"].append)

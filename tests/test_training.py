@@ -63,7 +63,8 @@ def test_sft_lowers_loss_and_trains_the_adapter(tmp_path, tiny_model):
 
 
 def test_dpo_learns_preferences_without_a_second_model(tmp_path, tiny_model, monkeypatch):
-    run, cfg = make_run(tmp_path, tiny_model, sft_lr=3e-2, dpo_lr=2e-2, max_steps=8, dpo_beta=0.5)
+    run, cfg = make_run(tmp_path, tiny_model, sft_lr=3e-2, dpo_lr=2e-2, max_steps=8, dpo_beta=0.5,
+                        dpo_sft_weight=0.0)  # plain DPO: its loss is ln 2 at step 0
     trainer(cfg).sft(run, lambda e: None)
     from valign_edge.backends.torch_trainer import TorchTrainer
 
@@ -170,3 +171,17 @@ def test_both_trainers_follow_the_trainer_protocol():
                 assert ours == list(inspect.signature(getattr(Trainer, member)).parameters), (name, member)
         assert cls.precision_for("fp32", "cpu") == "fp32"
         assert cls.precision_for("bf16", "cpu").startswith("bf16")
+
+
+def test_rpo_adds_the_chosen_answers_nll_to_the_dpo_loss(tmp_path, tiny_model):
+    """dpo_sft_weight (RPO): at step 0 the policy is the SFT model, so the loss is ln 2 plus the weight times
+    the per-token NLL of the chosen answers, and it rises with the weight."""
+    run, cfg = make_run(tmp_path, tiny_model, sft_lr=3e-2, dpo_lr=2e-2, max_steps=2, dpo_beta=0.5)
+    trainer(cfg).sft(run, lambda e: None)
+    first = {}
+    for weight in (0.0, 1.0, 2.0):
+        cfg.train.dpo_sft_weight = weight
+        first[weight] = trainer(cfg).dpo(run, lambda e: None)["history"][0]["loss"]
+    nll = first[1.0] - first[0.0]
+    assert first[0.0] == pytest.approx(0.6931, abs=0.01)
+    assert nll > 0.05 and first[2.0] - first[0.0] == pytest.approx(2 * nll, rel=0.02)

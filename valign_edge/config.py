@@ -73,11 +73,11 @@ class TrainConfig:
                                        "gradients over its batch (lower: less memory; 0: one pass)", NONE)
     sft_epochs: float = opt(3.0, "passes over the SFT data", SFT)
     sft_lr: float = opt(3e-4, "SFT learning rate", SFT)
-    dpo_epochs: float = opt(4.0, "passes over the DPO data", DPO)
+    dpo_epochs: float = opt(2.0, "passes over the DPO data", DPO)
     dpo_lr: float = opt(1e-4, "DPO learning rate", DPO)
     dpo_beta: float = opt(0.1, "DPO beta (strength of the KL anchor to the SFT model)", DPO)
-    dpo_sft_weight: float = opt(0.0, "weight of an SFT loss on the chosen answers during DPO (RPO; 0: plain "
-                                     "DPO), per token", DPO)
+    dpo_sft_weight: float = opt(1.0, "weight of an SFT loss on the chosen answers during DPO (RPO; 0: plain "
+                                     "DPO), per token of the chosen answer", DPO)
     max_steps: int = opt(0, "stop each stage after this many steps (0: from epochs)", SFT_DPO)
     warmup_steps: int = opt(5, "linear warm-up steps (at most a tenth of a stage's steps)", SFT_DPO)
     precision: str = opt("auto", "auto, fp32 or bf16 (bf16 autocast where the hardware is fast at it)", NONE)
