@@ -1,0 +1,277 @@
+"""The ``valign`` verbs: each resolves its settings, opens its run and calls its stage, imported lazily.
+
+``cli`` parses the command line and turns errors into one line; this module does the work of each verb.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .errors import UserError
+
+
+def _resolve_config(args: argparse.Namespace, run_dir: Path | None):
+    from . import config
+
+    overrides = config.parse_set(args.set)
+    for flag, key in (("teacher", "teacher"), ("student", "student"), ("seed", "seed"),
+                      ("backend", "train.backend"), ("quant", "export.quant"), ("processes", "train.processes")):
+        if getattr(args, flag, None) is not None:
+            overrides[key] = getattr(args, flag)
+    # Only a run's own config.toml: a folder that is not a run may hold an unrelated one.
+    saved = run_dir / "config.toml" if run_dir and (run_dir / "manifest.json").exists() else None
+    return config.resolve(saved, args.preset, args.config, overrides)
+
+
+def _emitter(run=None, quiet: bool = False):
+    from .console import ConsoleSink
+    from .events import JsonlSink, fanout
+
+    sink = ConsoleSink(quiet=quiet)
+    emit = fanout(sink, JsonlSink(run.events_path)) if run is not None else sink
+
+    def checked(event) -> None:
+        # A Ctrl-C whose KeyboardInterrupt was swallowed (see _sticky_sigint) stops the stage here.
+        if _INTERRUPTED:
+            raise KeyboardInterrupt
+        emit(event)
+
+    return checked, sink
+
+
+_INTERRUPTED = False
+
+
+def _sticky_sigint() -> None:
+    """Ctrl-C raises KeyboardInterrupt and is remembered. llama.cpp logs through a ctypes callback
+    while it loads a model, and ctypes swallows exceptions raised in callbacks: a Ctrl-C that lands
+    there was lost and the stage ran to the end. The next progress event raises it again."""
+    import signal
+
+    def on_sigint(signum, frame):
+        global _INTERRUPTED
+        _INTERRUPTED = True
+        raise KeyboardInterrupt
+
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        signal.signal(signal.SIGINT, on_sigint)
+
+
+def _open_run(path: Path, create: bool):
+    from .workspace import Run
+
+    return Run.open(path, create=create)
+
+
+def cmd_generate(args) -> int:
+    from .generate import generate
+    from .ingest import read_document
+    from .models import resolve
+
+    cfg = _resolve_config(args, args.out)
+    text = read_document(args.document).text  # refuse bad input before touching the run folder
+    _announce(resolve(cfg.teacher, "teacher"))
+    run = _open_run(args.out, create=True)
+    emit, sink = _emitter(run)
+    with run.lock():
+        try:
+            _check_document(run, text, args.new_document)
+            info = generate(run, cfg, emit, doc=args.document)
+        finally:
+            sink.close()
+    _print_generate_summary(run, info)
+    return 0
+
+
+def _announce(ref) -> None:
+    """With --allow-remote, say plainly where the document's text goes."""
+    if ref.kind == "server":
+        from .backends.openai_teacher import remote_notice
+
+        line = remote_notice(ref.preset["url"])
+        if line:
+            print(line, file=sys.stderr)
+
+
+def _print_generate_summary(run, info: dict) -> None:
+    from .datasets import load
+
+    splits = info.get("splits", {})
+    print(f"datasets in {run.data_dir}:")
+    for kind in ("sft", "dpo"):
+        s = splits.get(kind, {})
+        print(f"  {kind}: train {s.get('train', 0)}, valid {s.get('valid', 0)}, test {s.get('test', 0)}")
+    rejected = info.get("rejected", {})
+    if rejected:
+        print("  rejected by filters: " + ", ".join(f"{k} {v}" for k, v in sorted(rejected.items())))
+    for row in load(run, "sft", "train")[:2]:
+        print(f"  SFT  Q: {row['messages'][0]['content']}\n       A: {row['messages'][1]['content']}")
+    for row in load(run, "dpo", "train")[:1]:
+        print(f"  DPO  Q: {row['prompt']}\n       chosen:   {row['chosen']}\n       rejected: {row['rejected']}")
+
+
+def cmd_train(args) -> int:
+    from .backends.torch_dist import follow, launched_follower
+    from .train import train
+
+    if launched_follower():  # a rank > 0 under torchrun / accelerate launch: rank 0 leads, writes everything
+        return follow()
+    run = _open_run(args.run, create=False)
+    cfg = _resolve_config(args, args.run)
+    emit, sink = _emitter(run)
+    with run.lock():
+        try:
+            result = train(run, cfg, emit)
+        finally:
+            sink.close()
+    print(f"adapters: {result['sft']}  {result['dpo']}")
+    return 0
+
+
+def cmd_export(args) -> int:
+    from .export import export
+
+    run = _open_run(args.run, create=False)
+    cfg = _resolve_config(args, args.run)
+    emit, sink = _emitter(run)
+    with run.lock():
+        try:
+            info = export(run, cfg, emit)
+        finally:
+            sink.close()
+    print(f"exported: {info['model']}  (verify: {'passed' if info['verified'] else 'FAILED'})")
+    return _verification_exit(run, info)
+
+
+def cmd_run(args) -> int:
+    from .backends.torch_dist import follow, launched_follower
+    from .ingest import read_document
+    from .models import resolve
+    from .pipeline import run_all
+
+    if launched_follower():  # only the training stages run in several processes
+        return follow()
+    cfg = _resolve_config(args, args.out)
+    text = read_document(args.document).text
+    _announce(resolve(cfg.teacher, "teacher"))
+    resolve(cfg.student, "student")
+    if args.eval:  # a bad probe file ends here, not after training
+        from .evaluate import check_probe_files
+
+        check_probe_files(cfg)
+    run = _open_run(args.out, create=True)
+    emit, sink = _emitter(run)
+    with run.lock():
+        try:
+            _check_document(run, text, args.new_document)
+            info = run_all(run, cfg, emit, doc=args.document, evaluate=args.eval)
+        finally:
+            sink.close()
+    print(f"aligned model: {info['model']}")
+    print(f"verification: {'passed' if info['verified'] else 'FAILED'} ({run.export_dir / 'verify.json'})")
+    if args.show_example:
+        from .chat import side_by_side
+
+        with run.lock():  # the measured example writes to the run's evaluation caches
+            side_by_side(run, cfg)
+    return _verification_exit(run, info)
+
+
+# A finished command whose exported model failed its check: scripts must notice (run and export alike).
+EXIT_VERIFY_FAILED = 3
+
+
+def _verification_exit(run, info: dict) -> int:
+    if info["verified"]:
+        return 0
+    print(f"valign: verification failed: the GGUF does not reproduce the merged model's answers "
+          f"(see {run.export_dir / 'verify.json'})", file=sys.stderr)
+    return EXIT_VERIFY_FAILED
+
+
+def _check_document(run, text: str, replace: bool) -> None:
+    """Refuse to generate another document into a run made from a different one, unless ``replace``;
+    then every stage is marked stale (each is redone from the new document)."""
+    from .workspace import STAGES, hash_obj
+
+    recorded = run.stage_info("generate").get("inputs", {}).get("document")
+    if recorded is None and run.document_path.exists():
+        recorded = hash_obj(run.document_path.read_text(encoding="utf-8"))
+    if recorded is None or recorded == hash_obj(text):
+        return
+    if not replace:
+        raise UserError(f"{run.root} was made from a different document; to replace it (its data, training and "
+                        "export are redone) add --new-document, or give --out a new folder")
+    run.invalidate(*STAGES)
+
+
+def cmd_eval(args) -> int:
+    from .evaluate import compare, evaluate
+
+    if args.compare:
+        print(compare([Path(p) for p in args.compare]))
+        return 0
+    if args.run is None:
+        raise UserError("give a run folder: valign eval RUN")
+    run = _open_run(args.run, create=False)
+    cfg = _resolve_config(args, args.run)
+    emit, sink = _emitter(run)
+    with run.lock():
+        try:
+            report = evaluate(run, cfg, emit, doc=args.doc, probes=args.probe)
+        finally:
+            sink.close()
+    print((run.eval_dir / "report.md").read_text(encoding="utf-8"))
+    return 0 if report else 1
+
+
+def cmd_chat(args) -> int:
+    from .chat import chat_cli
+
+    return chat_cli(args.target, prompt=args.prompt, rag=args.rag, vanilla=args.vanilla,
+                    max_tokens=args.max_tokens)
+
+
+def cmd_models(args) -> int:
+    from .models import list_models, verify_models
+
+    if args.action == "verify":
+        bad = 0
+        for row in verify_models():
+            print(f"{row['name']:<24} {row['status']:<14} {row.get('path', '')}")
+            bad += row["status"] == "MISMATCH"
+        return 1 if bad else 0
+    for row in list_models():
+        state = "installed" if row["installed"] else f"not installed ({row['install']})"
+        print(f"{row['name']:<24} {','.join(row['roles']):<22} {row['size_mb'] or '?':>4} MB  "
+              f"{row['license']:<20} {state}")
+        print(f"{'':<24} {row['description']}")
+    from .stores import print_local_models
+
+    print_local_models()
+    return 0
+
+
+def cmd_config(args) -> int:
+    from .config import PRESETS, describe
+
+    print(describe())
+    print("\npresets: " + ", ".join(PRESETS))
+    return 0
+
+
+def cmd_purge(args) -> int:
+    from .purge import purge
+
+    removed = purge(_open_run(args.run, create=False), keep_model=not args.all)
+    print(f"removed {len(removed)} items from {args.run}")
+    return 0
+
+
+def cmd_tui(args) -> int:
+    from .tui.app import run_app
+
+    run_app(getattr(args, "run", None))
+    return 0
