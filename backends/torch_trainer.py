@@ -1,10 +1,8 @@
 """LoRA SFT and DPO with transformers + PEFT in a lean loop (CPU, CUDA or MPS).
 
-Why our own loop instead of trl's trainers: length-bucketed batches (no padding waste),
-no gradient checkpointing on a model this small, bf16 autocast where the hardware is fast
-at it, and DPO reference log-probs computed once from the SFT model instead of a second
-model in memory. Checkpoints are safetensors + JSON (no pickles) with the optimizer state. Several
-processes train data-parallel through ``torch_dist`` (a ``Group``); one process is a group of one.
+Our own loop, not trl's: length-bucketed batches, bf16 autocast where the hardware is fast at it, DPO
+reference log-probs computed once instead of a second model, safetensors checkpoints with the optimizer
+state; data-parallel through ``torch_dist`` (a ``Group``; one process is a group of one).
 """
 
 from __future__ import annotations
