@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from . import filters
 from .backends import Teacher
+from .backends.llama_cpp import _literal
 from .chunking import Chunk
 from .config import GenerateConfig
 from .negate import contradict
@@ -28,10 +29,6 @@ SENTENCE = r'sent ::= [A-Z] [^\n\x00-\x1f".!?]{12,150} "."'
 # Phrasings a person adds in front of a question; none carries meaning about the document.
 OPENERS = ("", "Quick question. ", "I need some advice. ", "Something came up today. ", "Honest question: ",
            "I'm new here. ", "I'm not sure about this one. ", "A friend asked me this. ")
-
-
-def _literal(text: str) -> str:
-    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 def _pick(options: tuple[str, ...] | list[str], *key: object) -> str:
@@ -138,11 +135,3 @@ def yes_no_grammar(n: int) -> str:
     return (f'root ::= "{{" ws "\\"questions\\"" ws ":" ws "[" ws {items} ws "]" ws "}}"\n'
             f'q ::= "\\"" ({openers}) " " qc{{8,150}} "?\\""\n'
             'qc ::= [^"\\\\?\\x00-\\x1f]\nws ::= " "?\n')
-
-
-def stance_share(items: list[dict]) -> dict[str, int]:
-    """How many pairs each author of rejected answers wrote (reported in the manifest)."""
-    out: dict[str, int] = {}
-    for item in items:
-        out[item.get("rejected_by", "?")] = out.get(item.get("rejected_by", "?"), 0) + 1
-    return out
