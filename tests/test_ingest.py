@@ -40,7 +40,8 @@ def test_utf16_with_bom(tmp_path):
     ("short.txt", b"Hi there.", "too little text"),
     ("bad.txt", b"valid line of text here\n\x81\x8d\x8f\x90 broken bytes \x9d\n", "cannot decode"),
     ("doc.pdf", b"%PDF-1.4 fake", "cannot read the PDF"),
-    ("doc.odt", b"PK\x03\x04 fake", "not supported"),
+    ("doc.odt", b"PK\x03\x04 fake", "cannot read the OpenDocument text"),
+    ("book.epub", b"PK\x03\x04 fake", "not supported"),
     ("doc.docx", b"plain text pretending to be a Word file", "not a DOCX file"),
 ])
 def test_bad_documents_are_refused_in_one_line(tmp_path, name, data, message):

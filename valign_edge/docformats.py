@@ -8,6 +8,10 @@ the document's sections as it does for Markdown and HTML.
   starts in the normalized text is exact.
 - DOCX through python-docx: heading styles (and outline levels) become headings, list paragraphs
   list items, table rows lines.
+- ODT (OpenDocument text, LibreOffice's format) through odfdo, the same way: ``text:h`` headings at
+  their outline level (and the Title style), list items, table rows; sections are read in place.
+
+EPUB is not read: no library this project keeps reads it (ebooklib is AGPL-3.0); ingest says so.
 """
 
 from __future__ import annotations
@@ -258,10 +262,76 @@ def read_docx(path: Path) -> str:
     except Exception as exc:  # a damaged zip or XML
         detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise UserError(f"{path}: cannot read the Word document ({detail})") from None
-    # Consecutive list items stay together; everything else is a paragraph of its own.
+    return _join(blocks)
+
+
+def _join(blocks: list[str]) -> str:
+    """Consecutive list items stay together; everything else is a paragraph of its own."""
     out = ""
     for i, block in enumerate(blocks):
         if i:
             out += "\n" if block.startswith("- ") and blocks[i - 1].startswith("- ") else "\n\n"
         out += block
     return out
+
+
+ODT_SKIPPED = {"text:table-of-content", "text:alphabetical-index", "text:illustration-index", "text:sequence-decls",
+               "text:variable-decls", "text:user-field-decls", "text:tracked-changes", "office:forms"}
+
+
+def _odt_text(element) -> str:
+    return " ".join(str(element).split())
+
+
+def _odt_heading(element) -> str:
+    level = str(element.get_attribute("text:outline-level") or "1")
+    return "#" * min(int(level) if level.isdigit() else 1, 6) + " " + _odt_text(element)
+
+
+def _odt_list(element, blocks: list[str]) -> None:
+    """A list's items (nested lists flattened in order) as "- " blocks."""
+    for item in element.children:
+        for part in item.children:  # text:list-item or text:list-header
+            if part.tag == "text:list":
+                _odt_list(part, blocks)
+            elif part.tag == "text:h":
+                blocks.append(_odt_heading(part))
+            elif _odt_text(part):
+                blocks.append("- " + _odt_text(part))
+
+
+def _odt_blocks(element, blocks: list[str]) -> None:
+    """Headings, paragraphs, list items and table rows of an ODT body, in document order; sections and
+    other containers are read in place, tables of contents and indexes skipped (they repeat headings)."""
+    for child in element.children:
+        tag, text = child.tag, _odt_text(child)
+        if tag == "text:h" and text:
+            blocks.append(_odt_heading(child))
+        elif tag == "text:p" and text:
+            blocks.append(("# " if (child.style or "").lower() == "title" else "") + text)
+        elif tag == "text:list":
+            _odt_list(child, blocks)
+        elif tag == "table:table":
+            rows = [[_odt_text(cell) for cell in row.get_cells()] for row in child.get_rows()]
+            blocks += [" | ".join(r) for r in rows if any(r)]
+        elif tag not in ODT_SKIPPED and tag not in ("text:h", "text:p") and child.children:
+            _odt_blocks(child, blocks)
+
+
+def read_odt(path: Path) -> str:
+    try:
+        from odfdo import Document
+    except ImportError:
+        raise UserError("reading OpenDocument text needs odfdo; run: pip install odfdo") from None
+    try:
+        document = Document(str(path))
+        if document.get_type() != "text":
+            raise UserError(f"{path}: an OpenDocument {document.get_type()}, not a text document (.odt)")
+        blocks: list[str] = []
+        _odt_blocks(document.body, blocks)
+    except UserError:
+        raise
+    except Exception as exc:  # a damaged zip or XML
+        detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise UserError(f"{path}: cannot read the OpenDocument text ({detail})") from None
+    return _join(blocks)

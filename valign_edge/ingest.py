@@ -1,4 +1,4 @@
-"""Read a value document (.txt, .md, .html, .pdf, .docx) into normalized text, refusing what is not text."""
+"""Read a value document (.txt, .md, .html, .pdf, .docx, .odt) into normalized text, refusing what is not text."""
 
 from __future__ import annotations
 
@@ -126,10 +126,10 @@ def read_document(path: str | Path) -> Document:
     if not path.exists():
         raise UserError(f"document not found: {path}")
     if path.is_dir():
-        raise UserError(f"{path} is a folder; give a document file (.txt, .md, .html, .pdf, .docx)")
+        raise UserError(f"{path} is a folder; give a document file (.txt, .md, .html, .pdf, .docx, .odt)")
     suffix = path.suffix.lower()
-    if suffix in {".doc", ".odt", ".rtf", ".pages"}:
-        raise UserError(f"{path}: {suffix} is not supported; save it as .docx, .pdf, .txt, .md or .html")
+    if suffix in {".doc", ".rtf", ".pages", ".epub"}:
+        raise UserError(f"{path}: {suffix} is not supported; save it as .docx, .odt, .pdf, .txt, .md or .html")
     size = path.stat().st_size
     if size > MAX_BYTES:
         raise UserError(f"{path} is {size / 2**20:.0f} MB; the limit is {MAX_BYTES // 2**20} MB")
@@ -140,13 +140,13 @@ def read_document(path: str | Path) -> Document:
     if not data.strip():
         raise UserError(f"{path} is empty")
     pages: list[tuple[int, int]] = []
-    if suffix in (".pdf", ".docx") or data.startswith(b"%PDF-"):
+    if suffix in (".pdf", ".docx", ".odt") or data.startswith(b"%PDF-"):
         from . import docformats
 
         if data.startswith(b"%PDF-"):
             text, pages = docformats.read_pdf(path, normalize)  # normalized page by page: the page offsets hold
         elif data.startswith(b"PK"):
-            text = normalize(docformats.read_docx(path))
+            text = normalize(docformats.read_odt(path) if suffix == ".odt" else docformats.read_docx(path))
         else:
             raise UserError(f"{path} is not a {suffix[1:].upper()} file (its content does not match the name)")
         if len(re.findall(r"\w+", text)) < 5:
