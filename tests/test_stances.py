@@ -66,6 +66,79 @@ def test_verdicts_follow_the_norm_for_both_kinds_of_question():
     assert {s.yes for s in forbid} == {True, False} and {s.yes for s in right} == {True, False}
 
 
+LISTS = """## Standards
+
+Examples of behavior that contributes to a positive environment for our
+community include:
+
+* Giving and gracefully accepting constructive feedback
+* Focusing on what is best not just for us as individuals, but for the overall
+  community
+
+Examples of unacceptable behavior include:
+
+* Trolling, insulting or derogatory comments, and personal or political attacks
+
+Staff must not:
+
+- share a login with anyone, even a colleague
+
+When travelling, you may:
+
+1. work from a hotel lobby with the VPN on
+
+The following are not permitted:
+
+- personal USB sticks for client files
+
+Items on their own:
+
+- Never leave a laptop unlocked in a public place.
+"""
+
+
+def test_list_items_read_with_their_lead_in_line():
+    found = {n.action: n for n in norms.norms(LISTS)}
+    assert found["giving and gracefully accepting constructive feedback"].kind == norms.ENDORSE
+    assert found["trolling, insulting or derogatory comments, and personal or political attacks"].kind == norms.BAN
+    # a hard-wrapped item is one item
+    assert "focusing on what is best not just for us as individuals, but for the overall community" in found
+    login = found["share a login with anyone, even a colleague"]
+    assert (login.kind, login.sentence) == (norms.FORBID, "Staff must not share a login with anyone, even a colleague.")
+    assert found["work from a hotel lobby with the VPN on when travelling"].kind == norms.PERMIT
+    assert found["personal USB sticks for client files"].kind == norms.BAN
+    # a lead-in that states no rule leaves the item to be read as a sentence of its own
+    assert found["leave a laptop unlocked in a public place"].kind == norms.FORBID
+    assert len(found) == 7
+
+
+def test_listed_behaviours_get_questions_both_ways_and_split_wordings():
+    ban = norms.Norm(norms.BAN, "trolling, insulting or derogatory comments, and personal or political attacks", "s")
+    questions = [s.question for s in norms.situations(ban)]
+    assert questions[1] == "Is it best to just ignore trolling?"
+    assert norms.noun_variants("being respectful of differing opinions, viewpoints, and experiences") == [
+        "being respectful of differing opinions, viewpoints, and experiences"]  # no one-word parts
+    for kind in (norms.ENDORSE, norms.ALLOW):
+        built = norms.situations(norms.Norm(kind, "taking a short walk at lunch", "s"))
+        assert {s.yes for s in built} == {True, False}
+        assert all(s.faithful.split(",")[0] == ("Yes" if s.yes else "No") for s in built)
+
+
+def test_wrapped_lines_join_but_lines_of_their_own_stay_apart():
+    from valign_edge.filters import blocks, sentences
+
+    text = ("We pledge to make participation in our community a harassment-free\nexperience for everyone.\n"
+            "Article 1\nAll human beings are born free and equal in dignity and rights.\n\n"
+            "Whereas recognition of the inherent dignity of all is the foundation of freedom,\n"
+            "Whereas disregard and contempt for human rights have resulted in barbarous acts,\n")
+    assert [b for b, _ in blocks(text)] == [
+        "We pledge to make participation in our community a harassment-free experience for everyone.", "Article 1",
+        "All human beings are born free and equal in dignity and rights.",
+        "Whereas recognition of the inherent dignity of all is the foundation of freedom,",
+        "Whereas disregard and contempt for human rights have resulted in barbarous acts,"]
+    assert "Article 1" not in sentences(text)
+
+
 class FakeTeacher:
     """Replies by task: rewordings as JSON, and for the unfaithful side the forced verdict plus text."""
 

@@ -116,27 +116,62 @@ def contradicts(chosen: str, rejected: str) -> bool:
         jaccard(content_words(chosen), content_words(rejected)) >= 0.3
 
 
-def _line_sentences(chunk: str) -> list[list[str]]:
-    """Sentences of at least four words, grouped by line, headings left out."""
-    lines = []
-    for line in chunk.split("\n"):
-        if line.lstrip().startswith("#") or (len(line) < 80 and not re.search(r"[.!?;:]$", line.strip())):
+# A list item's marker: "- ", "* ", "• ", "1. ", "2) ", "(a) ".
+BULLET = re.compile(r"^(?:[-*•+]|\d{1,3}[.)]|\([a-z0-9]{1,3}\))\s+")
+
+
+def blocks(chunk: str) -> list[tuple[str, bool]]:
+    """The chunk's logical lines: hard-wrapped lines joined again, list items (marker removed) and
+    paragraphs apart, markdown headings and blank lines left out; each with whether it is a list item.
+
+    A line continues the one before when that one is long (wrapped near a margin), has no closing
+    punctuation, and does not end a comma-separated run of lines that each start with a capital
+    (the UDHR preamble's "Whereas ..., / Whereas ...")."""
+    out: list[list] = []
+    prev: str | None = None  # the previous physical line while a block is open
+    for raw in chunk.split("\n"):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            prev = None
             continue
-        sents = [s.strip() for s in re.split(r"(?<=[.!?;])\s+", line.strip()) if len(words(s)) >= 4]
+        marker = BULLET.match(line)
+        if marker:
+            out.append([line[marker.end():], True])
+        elif prev is not None and len(prev) >= 40 and not re.search(r"[.!?:;]$", prev) and \
+                (line[0].islower() or not prev.endswith(",")):
+            out[-1][0] += " " + line
+        else:
+            out.append([line, False])
+        prev = line
+    return [(text, item) for text, item in out]
+
+
+def split_sentences(text: str) -> list[str]:
+    """The sentences of one logical line with at least four words."""
+    return [s.strip() for s in re.split(r"(?<=[.!?;])\s+", text.strip()) if len(words(s)) >= 4]
+
+
+def _line_sentences(chunk: str) -> list[list[str]]:
+    """Sentences of at least four words, grouped by logical line, headings left out."""
+    lines = []
+    for text, item in blocks(chunk):
+        if not item and len(text) < 80 and not re.search(r"[.!?;:]$", text):
+            continue  # a heading without a markdown marker ("Article 1", "Our Standards")
+        sents = split_sentences(text)
         if sents:
             lines.append(sents)
     return lines
 
 
 def sentences(chunk: str) -> list[str]:
-    """The chunk's sentences with at least four words, headings left out."""
+    """The chunk's sentences with at least four words (list items included), headings left out."""
     return [s for line in _line_sentences(chunk) for s in line]
 
 
 def answer_candidates(question: str, chunk: str, top: int = 4, prefer_values: bool = False) -> list[str]:
     """Spans of the chunk (a sentence, or two in a row) most related to ``question``."""
     sents = sentences(chunk)
-    # Two sentences in a row only within a line, so every span is verbatim text of the chunk.
+    # Two sentences in a row only within a logical line (wrapped lines joined by a space).
     spans = sents + [f"{a} {b}" for line in _line_sentences(chunk) for a, b in zip(line, line[1:])
                      if len(words(a + b)) <= 60]
     q = content_words(question)

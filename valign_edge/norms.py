@@ -12,13 +12,15 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from .filters import sentences, words
+from .filters import blocks, split_sentences, words
 
 # kind: forbid (the action is wrong), require (the action is expected), right (everyone may claim
 # it), permit (the action is allowed), ban (a named behaviour is not tolerated), shield (no one may
 # be subjected to the action).
 FORBID, REQUIRE, RIGHT, PERMIT, BAN, SHIELD = "forbid", "require", "right", "permit", "ban", "shield"
 PRIVATE, DUTY = "private", "duty"  # something to keep confidential; a role's responsibility
+# list items under a lead-in that names no modal: a behaviour the document endorses, a thing it allows
+ENDORSE, ALLOW = "endorse", "allow"
 
 
 @dataclass(frozen=True)
@@ -114,19 +116,85 @@ def parse(clause: str) -> Norm | None:
     first = clause.split(" ", 1)[0].lower()
     if first in _IMPERATIVES and len(words(clause)) >= 3:
         return Norm(REQUIRE, _first_person(clause[0].lower() + clause[1:]) + cond, clause)
-    if re.match(r"^we\s+(?!are\b|were\b|have been\b)\w+", clause, re.I) and len(words(clause)) >= 4:
+    if re.match(r"^we\s+(?!are\b|were\b|have been\b|as\b)\w+", clause, re.I) and len(words(clause)) >= 4:
         return Norm(REQUIRE, _tidy(clause.split(" ", 1)[1]) + cond, clause, subject="we")
     return None
 
 
+# A lead-in that ends in a modal ("Employees must not:", "You may also:"): each item completes it.
+_LEAD_MODAL = re.compile(
+    r"\b(?P<m>must not|must never|should not|should never|may not|shall not|cannot|can not|will not|"
+    r"are not allowed to|are not permitted to|are prohibited from|are forbidden to|must|should|shall|"
+    r"are expected to|are required to|need to|have to|are encouraged to|may|can|are free to|are welcome to|"
+    r"are allowed to|are permitted to|has the right to|have the right to|are entitled to)"
+    r"(?:\s+(?:also|always))?(?:\s+(?:do\s+)?the following)?$", re.I)
+_MODAL_AS = {"are prohibited from": "must not", "are forbidden to": "must not", "are not allowed to": "must not",
+             "are not permitted to": "must not", "are encouraged to": "should", "are free to": "may",
+             "are welcome to": "may", "are allowed to": "may", "are permitted to": "may"}
+# A lead-in that names no modal: its polarity, negative first ("unacceptable" before "acceptable").
+_LEAD_KINDS = [
+    (BAN, re.compile(r"\b(?:unacceptable|not acceptable|prohibited|not tolerated|not allowed|not permitted|forbidden|"
+                     r"banned|inappropriate|misconduct|violations?|not ok(?:ay)?)\b", re.I)),
+    (ALLOW, re.compile(r"\b(?:permitted|allowed|acceptable|fine|ok(?:ay)?|eligible|reimbursed|reimbursable|"
+                       r"covered)\b", re.I)),
+    (ENDORSE, re.compile(r"\b(?:encouraged|expected|positive|recommended|good practice|contributes?|we value|"
+                         r"welcomed?)\b", re.I)),
+]
+
+
+def list_norm(lead: str, item: str) -> Norm | None:
+    """The norm a list item states under its lead-in line: ``Employees must not:`` + ``share a password``
+    reads as ``Employees must not share a password``; ``Examples of unacceptable behavior include:`` +
+    ``Public or private harassment`` bans harassment."""
+    lead = lead.strip().rstrip(":").strip()
+    item = (split_sentences(item) or [item])[0].strip().rstrip(".;:,")
+    if len(words(item)) < 2:
+        return None
+    m = _LEAD_MODAL.search(lead)
+    if m:
+        modal = m["m"].lower()
+        who = lead[: m.start()].strip()
+        cond = re.match(r"^(?P<c>(?:if|when|whenever) [^,]{4,120}),\s*(?P<w>.*)$", who, re.I)
+        who = cond["w"] if cond else who
+        sentence = f"{lead} {_lower_first(item)}."
+        if modal.endswith(("right to", "entitled to")):
+            norm = parse(f"Everyone has the right to {_lower_first(item)}")
+        else:
+            pronoun = "we" if who.lower() in ("we", "we all", "all of us") else "you"
+            clause = f"{pronoun} {_MODAL_AS.get(modal, modal)} {_lower_first(item)}"
+            norm = parse(f"{cond['c']}, {clause}" if cond else clause)
+        return Norm(norm.kind, norm.action, sentence, norm.subject) if norm else None
+    for kind, pattern in _LEAD_KINDS:
+        if pattern.search(lead):
+            return Norm(kind, _lower_first(_first_person(item)), f"{lead}: {_lower_first(item)}.")
+    return None
+
+
 def norms(chunk_text: str) -> list[Norm]:
-    """Every norm stated in a chunk, in order, without repeats; each quotes its whole sentence."""
+    """Every norm stated in a chunk, in order, without repeats; each quotes its whole sentence (for a
+    list item: its lead-in and the item)."""
     found: list[Norm] = []
-    for sent in sentences(chunk_text):
-        for clause in _clauses(sent):
-            norm = parse(clause)
-            if norm and norm.action not in {n.action for n in found}:
-                found.append(Norm(norm.kind, norm.action, sent, norm.subject))
+
+    def add(norm: Norm | None) -> None:
+        if norm and norm.action not in {n.action for n in found}:
+            found.append(norm)
+
+    lead = None
+    lines = blocks(chunk_text)
+    for i, (text, item) in enumerate(lines):
+        if item and lead:
+            norm = list_norm(lead, text)
+            if norm:
+                add(norm)
+                continue
+        if not item:
+            lead = text if text.endswith(":") else None
+            if lead and i + 1 < len(lines) and lines[i + 1][1]:
+                continue  # a lead-in ("The following are not permitted:") is read with its items
+        for sent in split_sentences(text):
+            for clause in _clauses(sent):
+                norm = parse(clause)
+                add(Norm(norm.kind, norm.action, sent, norm.subject) if norm else None)
     return found
 
 
@@ -180,6 +248,18 @@ _TEMPLATES: dict[str, list[tuple[str, bool, str, str]]] = {
         ("Is it best to just ignore {a}?", False, "No, it should not be ignored.", "Yes, it is best to ignore it."),
         ("Should {a} be reported when I see it?", True, "Yes, it should be reported.",
          "No, it is better to ignore it."),
+    ],
+    ENDORSE: [
+        ("Is {a} something I should do?", True, "Yes, you should.", "No, there is no need."),
+        ("Is {a} a waste of time?", False, "No, it is not a waste of time.", "Yes, it is a waste of time."),
+        ("Is {a} really expected of me here?", True, "Yes, it is expected.", "No, it is not expected."),
+        ("A colleague says {a} does not matter here. Is that right?", False, "No, that is not right.",
+         "Yes, that is right."),
+    ],
+    ALLOW: [
+        ("Is {a} allowed?", True, "Yes, it is allowed.", "No, it is not allowed."),
+        ("I was told {a} is not allowed here. Is that true?", False, "No, that is not true.", "Yes, that is true."),
+        ("Should I stay away from {a} to be safe?", False, "No, there is no need to.", "Yes, you should stay away."),
     ],
     PRIVATE: [
         ("Can I share {a} with a friend if I leave out names?", False, "No, it has to stay confidential.",
@@ -239,12 +319,26 @@ def variants(action: str) -> list[str]:
     return seen
 
 
+def noun_variants(phrase: str) -> list[str]:
+    """A listed behaviour and its parts: ``trolling, insulting or derogatory comments, and personal or
+    political attacks`` -> the whole, ``trolling``, ``insulting or derogatory comments``, ... A split
+    that leaves a one-word part (``opinions, viewpoints, and experiences``) is not made."""
+    core = re.split(r",?\s(?:such as|including|especially|even|for example|without|regardless)\b", phrase)[0]
+    parts = [p.strip() for p in re.split(r",\s*(?:and\s+|or\s+)?", core) if p.strip()]
+    if not 2 <= len(parts) <= 5 or any(len(words(p)) < 2 and not p.endswith("ing") for p in parts) or \
+            any(re.match(r"(?:but|not|which|that|who|whom|whose)\b", p, re.I) for p in parts[1:]):
+        return [phrase]
+    return [phrase] + [p for p in parts if p != phrase]
+
+
 def situations(norm: Norm) -> list[Situation]:
     """Yes/no questions about a norm, each with the verdict the document gives and its opposite;
     successive questions use successive wordings of the action."""
     kind = PERMIT if norm.subject == "passive" else norm.kind
-    wordings = variants(norm.action) if kind in (FORBID, REQUIRE, PERMIT) and norm.subject != "passive" else \
-        [norm.action]
+    if kind in (FORBID, REQUIRE, PERMIT) and norm.subject != "passive":
+        wordings = variants(norm.action)
+    else:
+        wordings = noun_variants(norm.action) if kind in (BAN, ENDORSE, ALLOW) else [norm.action]
     out = []
     for i, (template, yes, good, bad) in enumerate(_TEMPLATES[kind]):
         if kind == PERMIT and i > 0 and re.search(r"\bonly\b", norm.action):
