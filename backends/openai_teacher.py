@@ -1,5 +1,5 @@
-"""A teacher behind an OpenAI-compatible server (``--teacher http://HOST:PORT/v1``): llama.cpp's
-``llama-server``, vLLM, Ollama, LM Studio. Standard library only (``http.client``: no proxy settings
+"""A teacher (and the evaluation judge) behind an OpenAI-compatible server (``--teacher
+http://HOST:PORT/v1``, ``eval.judge``): llama.cpp's ``llama-server``, vLLM, Ollama, LM Studio. Standard library only (``http.client``: no proxy settings
 are read, no redirect is followed).
 
 Privacy first: a URL whose host is not a loopback address is refused before any connection (and
@@ -98,18 +98,16 @@ def remote_notice(spec: str, role: str = "teacher") -> str | None:
     if is_loopback(ep.host):
         return None
     how = "over HTTPS" if ep.scheme == "https" else "UNENCRYPTED (http)"
-    return (f"--allow-remote: the document's text and the prompts built from it go to {ep.host} "
-            f"({ep.url}) {how}")
+    what = ("the document's text and the prompts built from it" if role == "teacher" else
+            f"the {role}'s prompts (passages of the document, questions and answers)")
+    return f"--allow-remote: {what} go to {ep.host} ({ep.url}) {how}"
 
 
 def server_url(spec: str, role: str = "teacher") -> str:
     """The checked endpoint URL of a server model (privacy checked; nothing is contacted); ``models.resolve``
     makes it a ModelRef of kind "server"."""
-    if role == "judge":
-        raise UserError("a judge behind a server is not supported (the judge reads log-probabilities of given "
-                        "replies); set eval.judge to a GGUF or preset")
-    if role != "teacher":
-        raise UserError(f"the {role} must be a model on this machine; only the teacher can be a server")
+    if role not in ("teacher", "judge"):
+        raise UserError(f"the {role} must be a model on this machine; only the teacher and the judge can be servers")
     ep = parse(spec, role)
     check_privacy(ep, role)
     return ep.url
@@ -153,15 +151,16 @@ class OpenAITeacher:
         self.seconds = 0.0
         listed = self._json("GET", self.ep.path + "/models").get("data") or []
         names = [m.get("id") for m in listed if isinstance(m, dict) and m.get("id")]
+        setting = "teacher.model" if role == "teacher" else f"eval.{role}_model"
         if model:
             self.model = model
         elif len(names) == 1:
             self.model = names[0]
         elif not names:
-            raise UserError(f"the {role} server at {self.ep.url} lists no model; name one: --set teacher.model=NAME")
+            raise UserError(f"the {role} server at {self.ep.url} lists no model; name one: --set {setting}=NAME")
         else:
             raise UserError(f"the {role} server at {self.ep.url} serves several models ({', '.join(names[:8])}); "
-                            "pick one: --set teacher.model=NAME")
+                            f"pick one: --set {setting}=NAME")
         owner = next((m.get("owned_by", "") for m in listed if isinstance(m, dict) and m.get("id") == self.model), "")
         self.engine = {"llamacpp": "llama.cpp", "vllm": "vllm"}.get(owner, "other")
         self.structured = "grammar" if self.engine in ("llama.cpp", "vllm") else "schema"
@@ -253,12 +252,7 @@ class OpenAITeacher:
                 continue
             raise UserError(f"the {self.role} server at {self.ep.url} failed a chat completion with HTTP "
                             f"{out['_status']}: {_message(out)}")
-        usage = out.get("usage") or {}
-        with self._lock:
-            self.seconds += time.perf_counter() - start
-            self.calls += 1
-            self.prompt_tokens += int(usage.get("prompt_tokens") or 0)
-            self.completion_tokens += int(usage.get("completion_tokens") or 0)
+        self._account(out, start)
         try:
             text = out["choices"][0]["message"].get("content") or ""
         except (KeyError, IndexError, TypeError, AttributeError):
@@ -269,6 +263,61 @@ class OpenAITeacher:
             except (json.JSONDecodeError, KeyError, TypeError):
                 pass  # the caller's validation rejects it
         return text
+
+    def reply_logprobs(self, messages: list[dict], replies: list[str]) -> dict | None:
+        """Log-probability of each reply as the assistant's turn (the judge's A / B / tie); None when the
+        prompt does not fit the server's context. llama-server: a grammar forces each reply, spelled in
+        the tokenizer's own tokens, and the model's (pre-grammar) log-probabilities of those tokens and of
+        the end of turn are summed, as the in-process judge sums them. Other servers: the reply's first
+        token among the top 20 of one free token (a reply not among them gets the 20th's value, a bound)."""
+        body = {"model": self.model, "messages": messages, "temperature": 0.0, "logprobs": True, "stream": False}
+        if self.engine == "llama.cpp":
+            out = {}
+            for reply in replies:
+                tokens = self._json("POST", self.ep.root + "/tokenize", {"content": reply, "add_special": False,
+                                                                          "parse_special": False}, ok_only=False)
+                ids = tokens.get("tokens") if tokens["_status"] == 200 else None
+                spelled = '"' + reply.replace("\\", "\\\\").replace('"', '\\"') + '"'
+                grammar = " ".join(f"<[{int(i)}]>" for i in ids) if ids and all(isinstance(i, int) for i in ids) \
+                    else spelled  # an older llama-server without token literals: the grammar spells the text
+                got = self._logprobs(dict(body, max_tokens=len(reply) + 4, top_logprobs=1, cache_prompt=False,
+                                          grammar=f"root ::= {grammar}"))
+                if got is None:
+                    return None
+                out[reply] = round(sum(float(t["logprob"]) for t in got), 5)
+            return out
+        got = self._logprobs(dict(body, max_tokens=1, top_logprobs=20))
+        if got is None:
+            return None
+        top = {str(t.get("token", "")).strip(): float(t["logprob"]) for t in got[0].get("top_logprobs") or []}
+        floor = min(top.values(), default=-100.0)
+        return {reply: round(max((lp for tok, lp in top.items() if tok and reply.startswith(tok)), default=floor), 5)
+                for reply in replies}
+
+    def _logprobs(self, body: dict) -> list[dict] | None:
+        start = time.perf_counter()
+        out = self._json("POST", self.ep.path + "/chat/completions", body, ok_only=False)
+        if out["_status"] == 400 and re.search(r"context|too long|maximum", _message(out), re.I):
+            return None
+        if out["_status"] != 200:
+            raise UserError(f"the {self.role} server at {self.ep.url} failed a chat completion with HTTP "
+                            f"{out['_status']}: {_message(out)}")
+        self._account(out, start)
+        try:
+            content = out["choices"][0]["logprobs"]["content"]
+            assert content and all("logprob" in t for t in content)
+            return content
+        except (KeyError, IndexError, TypeError, AssertionError):
+            raise UserError(f"the {self.role} server at {self.ep.url} sent no log-probabilities "
+                            "(the judge needs a server that returns them: llama-server, vLLM)") from None
+
+    def _account(self, out: dict, start: float) -> None:
+        usage = out.get("usage") or {}
+        with self._lock:
+            self.seconds += time.perf_counter() - start
+            self.calls += 1
+            self.prompt_tokens += int(usage.get("prompt_tokens") or 0)
+            self.completion_tokens += int(usage.get("completion_tokens") or 0)
 
     def count_tokens(self, text: str) -> int:
         if not text:

@@ -85,12 +85,12 @@ def cmd_generate(args) -> int:
     return 0
 
 
-def _announce(ref) -> None:
+def _announce(ref, role: str = "teacher") -> None:
     """With --allow-remote, say plainly where the document's text goes."""
     if ref.kind == "server":
         from .backends.openai_teacher import remote_notice
 
-        line = remote_notice(ref.preset["url"])
+        line = remote_notice(ref.preset["url"], role)
         if line:
             print(line, file=sys.stderr)
 
@@ -157,10 +157,12 @@ def cmd_run(args) -> int:
     text = read_document(args.document).text
     _announce(resolve(cfg.teacher, "teacher"))
     resolve(cfg.student, "student")
-    if args.eval:  # a bad probe file ends here, not after training
+    if args.eval:  # a bad probe file or a refused judge server ends here, not after training
+        from .eval_judging import judge_model_ref
         from .evaluate import check_probe_files
 
         check_probe_files(cfg)
+        _announce(judge_model_ref(cfg), "judge")
     run = _open_run(args.out, create=True)
     emit, sink = _emitter(run)
     with run.lock():
@@ -217,6 +219,9 @@ def cmd_eval(args) -> int:
         raise UserError("give a run folder: valign eval RUN")
     run = _open_run(args.run, create=False)
     cfg = _resolve_config(args, args.run)
+    from .eval_judging import judge_model_ref
+
+    _announce(judge_model_ref(cfg), "judge")  # a judge server off this machine is refused here
     emit, sink = _emitter(run)
     with run.lock():
         try:

@@ -106,7 +106,9 @@ class EvalConfig:
     max_questions: int = opt(0, "evaluate on at most N test questions (0: all)")
     max_new_tokens: int = opt(128, "answer length limit")
     rag_top_k: int = opt(2, "chunks retrieved for the RAG systems")
-    judge: str = opt("", "judge model (preset or GGUF path; empty: the teacher)")
+    judge: str = opt("", "judge model (preset, GGUF path, or a server's http://HOST:PORT/v1; empty: the teacher)")
+    judge_model: str = opt("", "model a server judge is asked for (empty: the one model the server lists; the "
+                               "teacher's teacher.model when the judge is the teacher)")
     judge_pairs: int = opt(0, "judge at most N questions per comparison (0: all)")
     judge_mode: str = opt("logits", "logits (A vs B log-probabilities, position bias cancelled across both "
                                     "orders) or verdict (the judge's likeliest reply per order)")

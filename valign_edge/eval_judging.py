@@ -19,10 +19,22 @@ def _same(a: str, b: str) -> bool:
 
 
 def judge_model_ref(cfg: RunConfig) -> models.ModelRef:
+    """The judge: eval.judge, else the teacher; a GGUF run by llama.cpp or an OpenAI-compatible server
+    (loopback only unless --allow-remote: refused here, before anything is contacted)."""
     ref = models.resolve(cfg.eval.judge or cfg.teacher, "judge")
-    if ref.kind != "gguf":
-        raise UserError(f"judge {ref.name!r} must be a GGUF chat model run by llama.cpp")
+    if ref.kind not in ("gguf", "server"):
+        raise UserError(f"judge {ref.name!r} must be a GGUF chat model run by llama.cpp or a server's URL")
     return ref
+
+
+def server_model(cfg: RunConfig) -> str:
+    """The model a server judge is asked for (empty: the one the server lists)."""
+    return cfg.eval.judge_model or ("" if cfg.eval.judge else cfg.generate.teacher_model)
+
+
+def judge_key(cfg: RunConfig, ref: models.ModelRef) -> str:
+    """What identifies the judge in cache and report keys: the model file, or the server and its model."""
+    return model_id(ref) if ref.kind != "server" else hash_obj([model_id(ref), server_model(cfg)])
 
 
 def judge_answers(ctx: Context, answers: dict[str, list[dict]], questions: list[dict],
@@ -35,7 +47,7 @@ def judge_answers(ctx: Context, answers: dict[str, list[dict]], questions: list[
     is the question's ``chunk_id`` among ``chunks`` (none when it has none)."""
     cfg = ctx.cfg
     ref = judge_model_ref(cfg)
-    judge_id = hash_obj([EVAL_VERSION, model_id(ref), judging.judge_messages("{q}", "{p}", "{a}", "{b}"),
+    judge_id = hash_obj([EVAL_VERSION, judge_key(cfg, ref), judging.judge_messages("{q}", "{p}", "{a}", "{b}"),
                          judging.REPLIES, judging.ANSWERS_START])
     path = ctx.run.eval_dir / "judgments.jsonl"
     cache = {r["key"]: r["logprobs"] for r in read_jsonl(path) if "logprobs" in r}
@@ -59,11 +71,14 @@ def judge_answers(ctx: Context, answers: dict[str, list[dict]], questions: list[
     ctx.add_reused("judgments", len(needed) - len(jobs))
     ctx.emit(Event("stage", "eval", f"judge {ref.name}: {n} questions x {len(others)} comparisons x 2 orders "
                                     f"({len(jobs)} judgments to make)"))
-    stats = {"model": ref.name, "path": str(ref.path), "questions": n, "mode": cfg.eval.judge_mode,
+    server = ref.kind == "server"
+    stats = {"model": ref.name, "path": ref.preset["url"] if server else str(ref.path), "questions": n,
+             "mode": cfg.eval.judge_mode,
              "tie_margin": cfg.eval.judge_tie_margin if cfg.eval.judge_mode == "logits" else None}
     if jobs:
         start = time.perf_counter()
-        judge = judging.ModelJudge(ref.path, seed=cfg.seed, threads=ctx.threads)
+        judge = (judging.ServerJudge(ref.preset["url"], server_model(cfg)) if server else
+                 judging.ModelJudge(ref.path, seed=cfg.seed, threads=ctx.threads))
         progress = Progress(ctx.emit, "eval", len(jobs), "judgments")
         for key, (i, a, b) in jobs.items():
             q = questions[i]
@@ -71,7 +86,10 @@ def judge_answers(ctx: Context, answers: dict[str, list[dict]], questions: list[
             append_jsonl(path, {"key": key, "logprobs": logprobs})
             cache[key] = logprobs
             progress.update(1)
-        stats["prompt_tokens"] = {"evaluated": judge.runtime.evaluated_tokens, "reused": judge.runtime.reused_tokens}
+        if server:
+            stats["server"] = judge.client.stats()
+        else:
+            stats["prompt_tokens"] = {"evaluated": judge.runtime.evaluated_tokens, "reused": judge.runtime.reused_tokens}
         judge.close()
         ctx.add_time("judge", time.perf_counter() - start)
     results = {}

@@ -32,7 +32,7 @@ from .config import RunConfig
 from .errors import UserError
 from .eval_answers import Scorer, generate_answers, preference_scores
 from .eval_evidence import small_sample_advice
-from .eval_judging import judge_answers, judge_model_ref, reference_judge
+from .eval_judging import judge_answers, judge_key, judge_model_ref, reference_judge
 from .eval_markdown import compare, render_markdown
 from .eval_plots import write_plots
 from .eval_probes import Probe, load_probe, probe_paths
@@ -43,7 +43,6 @@ from .eval_systems import (EVAL_VERSION, REFERENCE_SYSTEM, SYSTEMS, Context, Ret
 from .eval_testset import TestSet, check_test_split, load_test_set
 from .events import Callback, Event, log
 from .metrics import preference_margin
-from .models import model_id
 from .runtime import auto_threads
 from .workspace import Run, atomic_write_text, hash_obj, read_jsonl, write_json, write_jsonl
 
@@ -53,7 +52,7 @@ __all__ = ["COLUMNS", "COLUMN_LABELS", "PROBE_COLUMNS", "EVAL_VERSION", "REFEREN
 
 REPORT_VERSION = 4  # in the stage key only: bump when the report changes, cached answers stay valid
 # Settings that change how fast, not what: left out of the stage key. The probe files enter by content.
-KEY_EXCLUDED = ("n_threads", "n_threads_batch", "probe")
+KEY_EXCLUDED = ("n_threads", "n_threads_batch", "probe", "judge_model")  # judge_model: in judge_key
 
 
 def answer_details(names: list[str], questions: list[dict], answers: dict, scores: dict) -> list[dict]:
@@ -147,7 +146,7 @@ def evaluate(run: Run, cfg: RunConfig, emit: Callback, doc: Path | None = None,
     judge_ref = judge_model_ref(cfg)
     settings = {k: v for k, v in asdict(cfg.eval).items() if k not in KEY_EXCLUDED}
     key = hash_obj([REPORT_VERSION, keys, hash_obj([tests.questions, tests.pairs]), settings,
-                    model_id(judge_ref), cfg.seed, [[p.name, p.sha256] for p in loaded],
+                    judge_key(cfg, judge_ref), cfg.seed, [[p.name, p.sha256] for p in loaded],
                     probe_keys if loaded else None])
     report_path = run.eval_dir / "report.json"
     if run.is_done("eval", key) and report_path.exists():

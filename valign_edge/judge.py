@@ -145,3 +145,19 @@ class ModelJudge:
 
     def close(self) -> None:
         self.runtime.close()
+
+
+class ServerJudge:
+    """The judge behind an OpenAI-compatible server (``eval.judge = http://HOST:PORT/v1``), through the
+    server teacher's client: the same loopback-only rule, the same log-probabilities of A, B and tie."""
+
+    def __init__(self, url: str, model: str = ""):
+        from .backends.openai_teacher import OpenAITeacher
+
+        self.client = OpenAITeacher(url, model=model, role="judge")
+
+    def __call__(self, question: str, passage: str, answer_a: str, answer_b: str) -> dict | None:
+        return self.client.reply_logprobs(judge_messages(question, passage, answer_a, answer_b), list(REPLIES))
+
+    def close(self) -> None:
+        self.client.close()
