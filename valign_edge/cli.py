@@ -95,7 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compare", nargs="+", metavar="RUN", help="print the reports of several runs side by side")
     for p in (sub.choices["run"], sub.choices["generate"], p):
         p.add_argument("--allow-remote", action="store_true",
-                       help="let a teacher server off this machine (--teacher http://HOST:PORT/v1) receive the document")
+                       help="let a teacher or judge server off this machine (--teacher http://HOST:PORT/v1, "
+                            "eval.judge) receive the document")
 
     p = verb("chat", cmd_chat, "chat with an exported model (streaming)", config=False)
     p.add_argument("target", type=Path, help="run folder or GGUF file")
@@ -116,6 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = verb("tui", cmd_tui, "open the terminal app", config=False)
     p.add_argument("run", type=Path, nargs="?", help="run folder to open")
+    p.add_argument("--allow-remote", action="store_true",
+                   help="let a teacher or judge server off this machine receive the document (the app says where)")
     return parser
 
 

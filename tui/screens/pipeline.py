@@ -34,6 +34,7 @@ class PipelineScreen(ValignScreen):
                 yield Static("", id="current-title")
                 yield ProgressBar(id="stage-bar", show_eta=False)
                 yield Static("", id="current-stats")
+                yield Static("", id="privacy-notice")  # where the document's text goes (servers only)
                 with Horizontal(id="pipe-buttons"):
                     yield Button("Start / resume", id="pipe-start", variant="primary", compact=True)
                     yield Button("Cancel", id="pipe-cancel", variant="error", compact=True)
@@ -49,6 +50,7 @@ class PipelineScreen(ValignScreen):
         self.query_one(StageList).show(state)
         self._draw_current()
         self._draw_losses()
+        self._draw_privacy()
         log = self.query_one(RichLog)
         log.clear()
         if app.active_run is None:
@@ -96,6 +98,15 @@ class PipelineScreen(ValignScreen):
             bar.update(total=view.total, progress=view.done or 0)
         else:
             bar.update(total=None)
+
+    def _draw_privacy(self) -> None:
+        from ..privacy import where_text_goes
+
+        cfg = self.valign.cfg
+        text = where_text_goes(cfg.teacher, cfg.eval.judge) if self.valign.active_run and cfg else None
+        notice = self.query_one("#privacy-notice", Static)
+        notice.update(text or "")
+        notice.display = text is not None
 
     def _draw_losses(self) -> None:
         losses = self.valign.job.losses

@@ -64,7 +64,7 @@ class StartScreen(ValignScreen):
             with VerticalScroll(id="start-form"):
                 with Horizontal(classes="row"):
                     yield Label("Document", classes="field-label")
-                    yield Input(placeholder="path to a .txt, .md, .html, .pdf or .docx file", id="doc-path", compact=True)
+                    yield Input(placeholder="a .txt, .md, .html, .pdf, .docx or .odt file", id="doc-path", compact=True)
                     yield Button("Browse", id="browse", compact=True)
                 for role, default in (("teacher", defaults.teacher), ("student", defaults.student)):
                     with Horizontal(classes="row gap" if role == "teacher" else "row"):
@@ -98,6 +98,7 @@ class StartScreen(ValignScreen):
                 with Horizontal(classes="row gap"):
                     yield Label("Run folder", classes="field-label")
                     yield Input(placeholder="runs/NAME", id="run-path", compact=True)
+                yield Static("", id="privacy-notice")  # where the document's text goes (servers only)
                 with Horizontal(id="start-buttons"):
                     yield Button("Start run", id="start-run", variant="primary")
                     yield Button("Open run", id="open-run")
@@ -113,6 +114,7 @@ class StartScreen(ValignScreen):
             self._show_model_info(role)
         self._apply_preset("quick")
         self.run_changed()
+        self._show_privacy()
         self.check_backend("auto")
 
     # --- models ---------------------------------------------------------------------------------------
@@ -158,6 +160,23 @@ class StartScreen(ValignScreen):
             text.append(f"not installed: {row['install']}", style="yellow")
         info.update(text)
 
+    @on(Input.Changed, "#extra")
+    def _show_privacy(self, _event=None) -> None:
+        """Say plainly where the document's text goes when the teacher or the judge is a server."""
+        from valign_edge.config import parse_set
+
+        from ..privacy import where_text_goes
+
+        teacher = self.query_one("#teacher-path", Input).value.strip() or str(self.query_one("#teacher", Select).value)
+        try:
+            judge = str(parse_set(self.query_one("#extra", Input).value.split()).get("eval.judge", ""))
+        except Exception:  # noqa: BLE001 - a bad setting is reported when the run starts
+            judge = ""
+        notice = self.query_one("#privacy-notice", Static)
+        text = where_text_goes(teacher, judge)
+        notice.update(text or "")
+        notice.display = text is not None
+
     @staticmethod
     def _path_info(path: str, role: str) -> Text:
         from valign_edge.errors import UserError
@@ -167,8 +186,9 @@ class StartScreen(ValignScreen):
             ref = resolve(path, role)
         except UserError as exc:
             return Text(str(exc), style="red")
-        if ref.kind == "gguf":
-            return Text(f"local GGUF · {ref.path.stat().st_size / 1e6:.0f} MB", style="green")
+        if ref.kind in ("gguf", "server"):
+            return Text(f"server · {ref.preset['url']}" if ref.kind == "server" else
+                        f"local GGUF · {ref.path.stat().st_size / 1e6:.0f} MB", style="green")
         size = sum(p.stat().st_size for p in ref.path.glob("*.safetensors")) / 1e6
         return Text(f"local Hugging Face folder · {size:.0f} MB", style="green")
 
@@ -176,11 +196,13 @@ class StartScreen(ValignScreen):
     @on(Select.Changed, "#student")
     def _model_changed(self, event: Select.Changed) -> None:
         self._show_model_info(event.select.id or "")
+        self._show_privacy()
 
     @on(Input.Changed, "#teacher-path")
     @on(Input.Changed, "#student-path")
     def _model_path_changed(self, event: Input.Changed) -> None:
         self._show_model_info((event.input.id or "").removesuffix("-path"))
+        self._show_privacy()
 
     # --- backend --------------------------------------------------------------------------------------
     @on(Select.Changed, "#backend")
