@@ -1,6 +1,6 @@
 """A teacher (and the evaluation judge) behind an OpenAI-compatible server (``--teacher
-http://HOST:PORT/v1``, ``eval.judge``): llama.cpp's ``llama-server``, vLLM, Ollama, LM Studio. Standard library only (``http.client``: no proxy settings
-are read, no redirect is followed).
+http://HOST:PORT/v1``, ``eval.judge``): llama.cpp's ``llama-server``, vLLM, Ollama, LM Studio.
+Standard library only (``http.client``: no proxy settings are read, no redirect is followed).
 
 Privacy first: a URL whose host is not a loopback address is refused before any connection (and
 without a DNS query: only ``localhost`` and literal loopback addresses count) unless the user allowed

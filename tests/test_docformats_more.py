@@ -68,7 +68,8 @@ def test_odt_headings_lists_tables_and_sections(tmp_path):
     for title, _ in SECTIONS:
         assert text.count(f"\n# {title}\n") == 1 and text.count(title) == 1, "the table of contents is not read"
     assert text.count("\n## In practice\n") == 3
-    assert "- Ask your team lead when in doubt.\n- Report every breach the same day.\n- Write down what you saw." in text
+    assert ("- Ask your team lead when in doubt.\n- Report every breach the same day.\n"
+            "- Write down what you saw.") in text
     assert "Ethics board | room 12\n\nTeam lead | room 3" in text
     assert "Signed by the board in March. Reviewed every year." in text
     assert not doc.pages

@@ -93,7 +93,8 @@ def test_pipeline_screen_names_the_remote_teacher_of_an_opened_run(in_tmp, remot
     from valign_edge.workspace import Run
 
     run = Run.open(in_tmp / "remote-run")
-    run.config_path.write_text(to_toml(resolve(overrides={"teacher": REMOTE, "eval.judge": "http://localhost:9000/v1"})))
+    cfg = resolve(overrides={"teacher": REMOTE, "eval.judge": "http://localhost:9000/v1"})
+    run.config_path.write_text(to_toml(cfg))
 
     async def go():
         app = create_app()

@@ -58,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     p = verb("run", cmd_run, "all stages: generate data, train SFT + DPO, export GGUF (resumable)")
-    p.add_argument("document", type=Path, help="value document (.txt, .md, .html, .pdf, .docx)")
+    p.add_argument("document", type=Path, help="value document (.txt, .md, .html, .pdf, .docx, .odt)")
     p.add_argument("--out", type=Path, required=True,
                    help="run folder: a new or empty folder (created private to you), or an existing run")
     p.add_argument("--new-document", action="store_true",
@@ -69,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "when there is one) and answers side by side")
 
     p = verb("generate", cmd_generate, "chunk a document and have the teacher write SFT and DPO data")
-    p.add_argument("document", type=Path, help="value document (.txt, .md, .html, .pdf, .docx)")
+    p.add_argument("document", type=Path, help="value document (.txt, .md, .html, .pdf, .docx, .odt)")
     p.add_argument("--out", type=Path, required=True,
                    help="run folder: a new or empty folder (created private to you), or an existing run")
     p.add_argument("--new-document", action="store_true",

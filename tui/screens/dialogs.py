@@ -13,7 +13,7 @@ from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Button, DirectoryTree, Input, Label, Static, TextArea
 
-DOC_SUFFIXES = {".txt", ".md", ".markdown", ".text", ".rst", ".html", ".htm", ".xhtml", ".pdf", ".docx"}
+DOC_SUFFIXES = {".txt", ".md", ".markdown", ".text", ".rst", ".html", ".htm", ".xhtml", ".pdf", ".docx", ".odt"}
 
 
 class DocumentTree(DirectoryTree):
