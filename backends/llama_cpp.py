@@ -19,6 +19,7 @@ from typing import Iterator
 from ..cpu import auto_threads
 from ..errors import UserError
 from ..models import check_gguf
+from ..repetition import cut_loop, loop_end
 
 DECODING = {"temperature": 0.0, "top_k": 1, "repeat_penalty": 1.1}  # evaluation and `valign chat`
 N_CTX = 2048
@@ -213,16 +214,23 @@ class Runtime:
         self.reused_tokens = self.evaluated_tokens = 0
         self.llm = load_llama(model, n_ctx=n_ctx, lora_path=lora, seed=seed, logits_all=logits,
                               n_threads=threads[0], n_threads_batch=threads[1])
-        template = self.llm.metadata.get("tokenizer.chat_template")
-        if not template:  # base students: the template training used (llama.cpp would guess another)
-            from ..batching import FALLBACK_CHAT_TEMPLATE
+        from ..batching import FALLBACK_CHAT_TEMPLATE, FALLBACK_STOP, is_fallback_template
 
-            template = FALLBACK_CHAT_TEMPLATE
+        # base students: the template training used (llama.cpp would guess another)
+        template = self.llm.metadata.get("tokenizer.chat_template") or FALLBACK_CHAT_TEMPLATE
+        # A base student goes on with the next "Question:" or repeats a line to the token limit: stop there.
+        self.stop_loops = is_fallback_template(template)
+        self._decoding = {**DECODING, "stop": FALLBACK_STOP} if self.stop_loops else DECODING
         eos_id, bos_id = self.llm.token_eos(), self.llm.token_bos()
         self.eos = self.llm.detokenize([eos_id], special=True).decode("utf-8", "replace") if eos_id >= 0 else ""
         bos = self.llm.detokenize([bos_id], special=True).decode("utf-8", "replace") if bos_id >= 0 else ""
-        self._prompt_fmt = Jinja2ChatFormatter(template, self.eos, bos, add_generation_prompt=True)
+        self._prompt_fmt = Jinja2ChatFormatter(template, self.eos, bos, add_generation_prompt=True,
+                                               stop_token_ids=[eos_id] if eos_id >= 0 else None)
         self._full_fmt = Jinja2ChatFormatter(template, self.eos, bos, add_generation_prompt=False)
+        if not self.llm.metadata.get("tokenizer.chat_template"):
+            # Answers too (chat, evaluation): without this llama-cpp-python formats a GGUF that has no
+            # template as Llama-2 ("[INST] ...") and a base student answers nothing.
+            self.llm.chat_handler = self._prompt_fmt.to_chat_handler()
 
     def answer(self, messages: list[dict], max_tokens: int) -> tuple[str, int]:
         """Greedy answer and its token count, through ``create_chat_completion`` like ``valign chat``.
@@ -230,15 +238,21 @@ class Runtime:
         The context starts empty for every answer, so an answer never depends on which questions
         came before it (a resumed evaluation reproduces an uninterrupted one)."""
         self.llm.reset()
+        if self.stop_loops:
+            pieces = list(self.stream(messages, max_tokens))  # one piece per generated token
+            return cut_loop("".join(pieces)).strip(), len(pieces)
         with quiet_native():
-            out = self.llm.create_chat_completion(messages=messages, max_tokens=max_tokens, **DECODING)
+            out = self.llm.create_chat_completion(messages=messages, max_tokens=max_tokens, **self._decoding)
         text = (out["choices"][0]["message"]["content"] or "").strip()
         return text, int(out.get("usage", {}).get("completion_tokens", 0))
 
     def stream(self, messages: list[dict], max_tokens: int) -> Iterator[str]:
         """The greedy answer's text pieces as llama.cpp writes them (``valign chat``); the KV cache of a
-        conversation's earlier turns is reused."""
-        stream = self.llm.create_chat_completion(messages=messages, max_tokens=max_tokens, stream=True, **DECODING)
+        conversation's earlier turns is reused. A base student's answer stops at the piece that completes
+        a loop (``repetition.loop_end``); ``repetition.cut_loop`` trims the copies off the whole text."""
+        stream = self.llm.create_chat_completion(messages=messages, max_tokens=max_tokens, stream=True,
+                                                 **self._decoding)
+        text = ""
         while True:
             # Silence llama.cpp only while it computes: a piece yielded inside the redirect would be
             # written by the caller to /dev/null.
@@ -249,6 +263,10 @@ class Runtime:
             piece = part["choices"][0]["delta"].get("content") or ""
             if piece:
                 yield piece
+                text += piece
+                if self.stop_loops and loop_end(text) is not None:
+                    stream.close()
+                    return
 
     def _tokens(self, text: str) -> list[int]:
         return self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=True)

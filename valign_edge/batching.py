@@ -10,14 +10,26 @@ import math
 import random
 from dataclasses import dataclass
 
-# Students without a chat template (base models) get this one, in training and in the GGUF.
-FALLBACK_CHAT_TEMPLATE = (
+# Students without a chat template (base models) get this one, in training and in both GGUFs (aligned and
+# baseline). It starts with the BOS token: chat templates are rendered without adding one, and
+# gemma3-270m without <bos> answers "Question: ...\nAnswer:" with "\nAnswer:" or "\n?" to the token
+# limit (measured), with it " Paris" or " Yes, you can.". An untrained base model then goes on with
+# another "Question:" line: generation stops there (FALLBACK_STOP).
+_BOS = "{% if bos_token %}{{ bos_token }}{% endif %}"
+FALLBACK_CHAT_TEMPLATE = _BOS + (
     "{% for message in messages %}"
     "{% if message['role'] == 'user' %}{{ 'Question: ' + message['content'] + '\n' }}"
     "{% elif message['role'] == 'assistant' %}{{ 'Answer: ' + message['content'] + eos_token + '\n' }}"
     "{% else %}{{ message['content'] + '\n' }}{% endif %}{% endfor %}"
     "{% if add_generation_prompt %}{{ 'Answer:' }}{% endif %}"
 )
+
+FALLBACK_STOP = ["\nQuestion:"]
+
+
+def is_fallback_template(template: str | None) -> bool:
+    """``template`` is the fallback one, as written now or (without the BOS) by earlier versions."""
+    return bool(template) and template.removeprefix(_BOS) == FALLBACK_CHAT_TEMPLATE.removeprefix(_BOS)
 
 
 def ensure_chat_template(tokenizer) -> None:

@@ -68,7 +68,12 @@ class ChatSession:
         for piece in self.runtime.stream(messages, self.max_tokens):
             answer.append(piece)
             yield piece
-        self.history += [{"role": "user", "content": question}, {"role": "assistant", "content": "".join(answer)}]
+        text = "".join(answer)
+        if self.runtime.stop_loops:  # a base student's loop was shown once; it is not fed back to the model
+            from .repetition import cut_loop
+
+            text = cut_loop(text)
+        self.history += [{"role": "user", "content": question}, {"role": "assistant", "content": text}]
         self.history = self.history[-8:]  # keep the context small for small models
 
     def close(self) -> None:
@@ -120,5 +125,9 @@ def side_by_side(run, cfg, question: str | None = None) -> None:
     print(f"\nquestion: {question}")
     for label, vanilla in (("vanilla", True), ("aligned", False)):
         gguf, _ = resolve_target(run.root, vanilla=vanilla)
-        answer = "".join(ChatSession(gguf, max_tokens=96).ask(question)).strip()
+        session = ChatSession(gguf, max_tokens=96)
+        for _ in session.ask(question):
+            pass
+        answer = session.history[-1]["content"].strip()
+        session.close()
         print(f"  {label:>8}: {answer}")

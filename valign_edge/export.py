@@ -80,6 +80,41 @@ def modelfile(gguf_name: str, chat_template: str | None) -> str:
     return "\n".join(lines) + "\n"
 
 
+def folder_template(folder: Path) -> str | None:
+    """The chat template llama.cpp's converter writes into a GGUF made from an HF folder (it reads
+    ``tokenizer_config.json``'s ``chat_template`` first, else ``chat_template.jinja`` / ``.json``)."""
+    config = folder / "tokenizer_config.json"
+    template = json.loads(config.read_text(encoding="utf-8")).get("chat_template") if config.exists() else None
+    if template is None and (folder / "chat_template.jinja").exists():
+        template = (folder / "chat_template.jinja").read_text(encoding="utf-8")
+    elif template is None and (folder / "chat_template.json").exists():
+        template = json.loads((folder / "chat_template.json").read_text(encoding="utf-8")).get("chat_template")
+    return template if isinstance(template, str) and template else None
+
+
+def base_source(base_dir: Path, template: str | None, view: Path) -> Path:
+    """The folder the base GGUF is converted from. A base student without a chat template (or with
+    another one) is trained under ``template`` (``batching.FALLBACK_CHAT_TEMPLATE``), which the aligned
+    GGUF carries: the baseline gets it too, through ``view`` (the weights linked, not copied), so
+    vanilla and aligned answer in the same prompt format in chat and evaluation."""
+    if not template or folder_template(base_dir) == template:
+        return base_dir
+    view.mkdir(parents=True)
+    for item in base_dir.iterdir():
+        if item.name in ("tokenizer_config.json", "chat_template.json", "chat_template.jinja"):
+            continue
+        try:
+            os.symlink(item.resolve(), view / item.name)
+        except OSError:  # no symlinks on this filesystem
+            (shutil.copytree if item.is_dir() else shutil.copy2)(item, view / item.name)
+    if (base_dir / "tokenizer_config.json").exists():
+        config = json.loads((base_dir / "tokenizer_config.json").read_text(encoding="utf-8"))
+        config.pop("chat_template", None)
+        (view / "tokenizer_config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
+    (view / "chat_template.jinja").write_text(template, encoding="utf-8")
+    return view
+
+
 def _check_disk(run: Run, base_dir: Path, quant: str) -> None:
     weights = sum(p.stat().st_size for p in base_dir.glob("*.safetensors"))
     # merged fp32 folder (temporary) + F16 (temporary) + quantized model + quantized base + adapters
@@ -101,7 +136,12 @@ def export(run: Run, cfg: RunConfig, emit: Callback) -> dict:
     trainer = load_trainer(choice, cfg)
     base_dir = trainer.base_dir(emit)
     adapters = [adapter_hash(run.adapter_dir(stage)) for stage in STAGES]
-    key = hash_obj([adapters, vars(cfg.export), cfg.student, choice.name])
+    key = [adapters, vars(cfg.export), cfg.student, choice.name]
+    if folder_template(base_dir) is None:  # a base student: both GGUFs carry the fallback template (with BOS)
+        from .batching import FALLBACK_CHAT_TEMPLATE
+
+        key.append(FALLBACK_CHAT_TEMPLATE)
+    key = hash_obj(key)
     out = run.export_dir
     model_path = out / f"model-{quant}.gguf"
     if run.is_done("export", key) and model_path.exists() and (out / "verify.json").exists():
@@ -134,7 +174,9 @@ def export(run: Run, cfg: RunConfig, emit: Callback) -> dict:
         quantize(f16, model_path, quant)
         progress.update(1, "quantized")
         base_f16 = work / "base-f16.gguf"
-        run_converter("convert_hf_to_gguf.py", [str(base_dir), "--outfile", str(base_f16), "--outtype", "f16"], logs)
+        template = folder_template(merged)
+        run_converter("convert_hf_to_gguf.py", [str(base_source(base_dir, template, work / "base-view")),
+                                                "--outfile", str(base_f16), "--outtype", "f16"], logs)
         quantize(base_f16, out / f"base-{quant}.gguf", quant)
         progress.update(1, "base converted")
         for stage, name in (("dpo", "adapter.gguf"), ("sft", "adapter-sft.gguf")):
@@ -148,9 +190,6 @@ def export(run: Run, cfg: RunConfig, emit: Callback) -> dict:
         verify = _verify(run, trainer, merged, f16, model_path, quant, cfg)
         write_json(out / "verify.json", verify)
         progress.update(1, "verified")
-        from transformers import AutoTokenizer
-
-        template = AutoTokenizer.from_pretrained(str(merged)).chat_template
         atomic_write_text(out / "Modelfile", modelfile(model_path.name, template))
         progress.update(1, "done")
         result.update(model=str(model_path), quant=quant, verified=verify["passed"],
