@@ -55,6 +55,21 @@ def test_keys_follow_only_their_stage_settings_and_the_sft_adapter(tmp_path):
     assert keys() == (sft, stage_key(run, RunConfig(), "dpo", "torch", "fp32")) and keys()[1] != dpo
 
 
+def test_a_base_student_key_follows_the_fallback_prompt_format(tmp_path, monkeypatch):
+    """gemma3-270m has no chat template: it trains under batching.FALLBACK_CHAT_TEMPLATE, so a new
+    fallback format retrains it; a student with its own template keeps its key."""
+    from valign_edge import batching
+
+    run = Run.open(tmp_path / "run")
+    write_jsonl(run.split_path("sft", "train"), [{"messages": [{"role": "user", "content": "Q?"},
+                                                               {"role": "assistant", "content": "A."}]}])
+    base, chat = RunConfig(student="gemma3-270m"), RunConfig()
+    before = stage_key(run, base, "sft", "torch", "fp32"), stage_key(run, chat, "sft", "torch", "fp32")
+    monkeypatch.setattr(batching, "FALLBACK_CHAT_TEMPLATE", batching.FALLBACK_CHAT_TEMPLATE + "{# v2 #}")
+    assert stage_key(run, base, "sft", "torch", "fp32") != before[0]
+    assert stage_key(run, chat, "sft", "torch", "fp32") == before[1]
+
+
 def stages(run) -> dict:
     return json.loads((run / "manifest.json").read_text())["stages"]
 

@@ -42,6 +42,11 @@ def stage_key(run: Run, cfg, stage: str, backend: str, precision: str) -> str:
                         backend, precision]
     if stage == "dpo":
         parts.append(adapter_hash(run.adapter_dir("sft")))
+    from .models import catalog
+
+    if catalog().get(cfg.student, {}).get("chat_format") == "none":
+        # a base student is trained under the fallback prompt format: a new format retrains it
+        parts.append(hash_obj(batching.FALLBACK_CHAT_TEMPLATE))
     return hash_obj(parts)
 
 
