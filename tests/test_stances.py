@@ -28,6 +28,11 @@ from valign_edge.stances import StanceWriter, reason
     ("We never refuse urgent care because a patient cannot pay.", norms.FORBID,
      "refuse urgent care because a patient cannot pay"),
     ("(2) Everyone has the right to equal pay for equal work.", norms.RIGHT, "equal pay for equal work"),
+    # rules about a person named by role, as policies write them; the asker is one of them
+    ("Employees must not lend a company laptop to friends.", norms.FORBID, "lend a company laptop to friends"),
+    ("Staff may bring their own mug to the office.", norms.PERMIT, "bring my own mug to the office"),
+    ("Managers are encouraged to hold weekly check-ins.", norms.REQUIRE, "hold weekly check-ins"),
+    ("Reading the news over lunch, is allowed.", norms.ALLOW, "reading the news over lunch"),
 ])
 def test_parse_finds_operator_and_action(clause, kind, action):
     norm = norms.parse(clause)
@@ -36,6 +41,10 @@ def test_parse_finds_operator_and_action(clause, kind, action):
 
 def test_parse_ignores_sentences_without_a_norm():
     assert norms.parse("Harborlight is a worker-owned cooperative that runs community health clinics.") is None
+    # a rule about a thing in the passive is not a rule about the person asking
+    assert norms.parse("Staff must be informed of changes.") is None
+    # a subject narrowed by a relative clause would lose its condition: not read
+    assert norms.parse("Employees who report a mistake will not be disciplined.") is None
     assert norms.parse("Article 3") is None
 
 

@@ -41,6 +41,13 @@ _IMPERATIVES = ("treat", "follow", "use", "keep", "report", "declare", "stop", "
                 "show", "take", "make", "let", "share", "include", "welcome", "accept", "apologize", "focus",
                 "lock", "check", "wash", "wear", "return", "protect", "support", "seek", "consult", "remember")
 
+# A person named by role, as policies write their rules: "Employees must not ...", "Staff may ...".
+_ROLE = (r"(?:(?:all|every|each|our|the)\s+)?(?:employees?|staff(?:\s+members?)?|managers?|members?|contributors?|"
+         r"participants?|volunteers?|workers?|team\s+members?|colleagues?|users?|everyone|everybody|anyone|people|"
+         r"students?|teachers?|clinicians?|doctors?|nurses?|leaders?|maintainers?|moderators?|contractors?|"
+         r"officers?|directors?|supervisors?|personnel)")
+_NOT_PASSIVE = r"(?!be\s+\w+ed\b)"  # "must be reported" is a rule about a thing, not about the person
+
 _RULES: list[tuple[str, re.Pattern]] = [
     (SHIELD, re.compile(r"^(?:no one|nobody|no person)\s+(?:shall|may|can|must|will)\s+be\s+(?P<a>.+)$", re.I)),
     (PRIVATE, re.compile(r"^(?P<a>[\w ,'-]+?)\s+(?:is|are|must be kept|shall be kept|is kept|are kept)\s+"
@@ -59,6 +66,14 @@ _RULES: list[tuple[str, re.Pattern]] = [
     (REQUIRE, re.compile(r"^(?P<s>we|you)\s+(?:must|shall|should|are expected to|are required to|have to|"
                          r"need to|always)\s+(?P<a>.+)$", re.I)),
     (PERMIT, re.compile(r"^(?P<s>you|we)\s+(?:may|can|are free to|are welcome to)\s+(?P<a>.+)$", re.I)),
+    (FORBID, re.compile(rf"^(?P<r>{_ROLE})\s+(?:must not|must never|should not|should never|may not|shall not|cannot|"
+                        rf"can not|will not|(?:is|are) not (?:allowed|permitted) to)\s+{_NOT_PASSIVE}(?P<a>.+)$", re.I)),
+    (REQUIRE, re.compile(rf"^(?P<r>{_ROLE})\s+(?:must|shall|should|(?:is|are) (?:expected|required|encouraged) to|"
+                         rf"ha(?:ve|s) to|needs? to|always)\s+{_NOT_PASSIVE}(?P<a>.+)$", re.I)),
+    (PERMIT, re.compile(rf"^(?P<r>{_ROLE})\s+(?:may|can|(?:is|are) (?:free|welcome|allowed|permitted) to)\s+(?P<a>.+)$",
+                        re.I)),
+    (ALLOW, re.compile(r"^(?!no\b|nothing\b)(?P<a>[\w ,'-]{3,120}?)\s+(?:is|are)\s+(?:allowed|permitted|acceptable|fine|"
+                       r"welcome)(?!\s+to\b)\b.*$", re.I)),
     (PERMIT, re.compile(r"^(?!nothing\b|no\b)(?P<a>[\w ,'-]+?)\s+may\s+be\s+(?P<v>\w+ed\b.*)$", re.I)),
 ]
 
@@ -109,8 +124,12 @@ def parse(clause: str) -> Norm | None:
             return Norm(kind, _first_person(action), clause, "I" if everyone else who)
         if kind == DUTY:
             return Norm(kind, _first_person(action), clause, groups["w"][0].lower() + groups["w"][1:])
-        if kind in (BAN, SHIELD, PRIVATE):
+        if kind == ALLOW:
+            action = action.rstrip(", ")
+        if kind in (BAN, SHIELD, PRIVATE, ALLOW):
             return Norm(kind, _lower_first(_first_person(action)), clause)
+        if groups.get("r"):  # "Staff may bring their phone": the asker is one of the staff
+            action = re.sub(r"\btheir\b", "my", re.sub(r"\bthemselves\b", "myself", action))
         subject = "we" if (groups.get("s") or "").lower() == "we" else "I"
         return Norm(kind, _first_person(action) + cond, clause, subject)
     first = clause.split(" ", 1)[0].lower()
