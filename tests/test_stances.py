@@ -187,6 +187,9 @@ def test_pairs_take_the_document_side_and_the_teacher_argues_the_other():
         assert item["chosen"].split(",")[0] != item["rejected"].split(",")[0]  # opposite verdicts
     prompts = [i["prompt"] for i in items]
     assert any("personal laptop" in p for p in prompts)
+    # a rewording gets a bare verdict: the base's "No, you should not." need not fit its form
+    laptop = next(i for i in items if "personal laptop" in i["prompt"])
+    assert laptop["chosen"].startswith("No. Do not copy") and laptop["rejected"].startswith("Yes. ")
     assert not any("never copy" in p or "What is" in p for p in prompts)
     assert rejected.get("changed_meaning") == 1 and rejected.get("not_yes_no") == 1
     # the unfaithful side is written without the document in sight
@@ -204,3 +207,4 @@ def test_unusable_teacher_text_falls_back_to_the_rule_based_flip():
 
 def test_reason_reads_as_a_sentence():
     assert reason("we learn from errors;") == "We learn from errors."
+    assert reason("(2) No one shall be held in slavery.") == "No one shall be held in slavery."

@@ -13,6 +13,8 @@ decides, some of them rephrased by the teacher in other words. Each gets:
 
 from __future__ import annotations
 
+import re
+
 from . import filters
 from .backends import Teacher
 from .backends.llama_cpp import _literal
@@ -65,7 +67,8 @@ class StanceWriter:
             elif len(cw & need) < max(1, round(0.4 * len(need))) or filters.polarity(q) != filters.polarity(base.question):
                 count(rejected, "changed_meaning")
             else:
-                out.append(Situation(q, base.yes, base.faithful, base.unfaithful))
+                # the base's verdict ("Yes, you do.") fits the base's form, not a rewording's ("Can I ...?")
+                out.append(Situation(q, base.yes, _bare(base.faithful), _bare(base.unfaithful)))
         return out
 
     def _unfaithful(self, situation: Situation, norm: Norm, seed: int, rejected: dict) -> tuple[str, str]:
@@ -118,9 +121,14 @@ def answer_against(teacher: Teacher, question: str, seed: int, head: str = "") -
     return text if body.endswith((".", "!")) and len(filters.words(body)) >= 4 else None
 
 
+def _bare(verdict: str) -> str:
+    """``Yes, you do.`` -> ``Yes.``"""
+    return verdict.split(",")[0].rstrip(".") + "."
+
+
 def reason(sentence: str) -> str:
-    """The document's sentence as the second sentence of an answer."""
-    sentence = sentence.strip().rstrip(";:,")
+    """The document's sentence as the second sentence of an answer (a paragraph number dropped)."""
+    sentence = re.sub(r"^\(\d+\)\s*", "", sentence.strip().rstrip(";:,"))
     sentence = sentence[0].upper() + sentence[1:]
     return sentence if sentence.endswith((".", "!", "?")) else sentence + "."
 
