@@ -117,3 +117,14 @@ def load_tokenizer(path: Path):
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     return tok
+
+
+def logit_gap(model_dir: Path, ids: list[int], a: int, b: int) -> float:
+    """A merged model's next-token logit of ``a`` minus that of ``b`` after ``ids`` (transformers, fp32)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32).eval()
+    with torch.no_grad():
+        logits = model(torch.tensor([ids])).logits[0, -1]
+    return float(logits[a] - logits[b])

@@ -9,6 +9,7 @@ and ``verify.json`` (greedy tokens of the GGUF against the merged model).
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 import os
 import shutil
@@ -55,6 +56,26 @@ def quantize(src: Path, dst: Path, quant: str) -> None:
     else:
         quantize_gguf(src, tmp, quant)
     tmp.replace(dst)
+
+
+# A greedy choice the reference model makes by less than this (logit of its token minus the GGUF's
+# token's, at the first token where they part) is a near tie: F16 rounding of the weights moves logits by
+# up to ~0.2 (measured on gemma3-270m, bench/RESULTS.md), so such a flip is not a conversion error.
+NEAR_TIE = 0.3
+
+
+def near_ties(reference: list[list[int]], out: list[list[int]], prompts: list[list[int]], eos: int,
+              gap) -> list[dict]:
+    """Where ``out`` first parts from ``reference``, for each prompt that differs: the position, the two
+    tokens and ``gap(ids, a, b)`` (the reference model's logit of ``a`` minus that of ``b`` after ``ids``)."""
+    found = []
+    for i, (x, y) in enumerate(zip(reference, out)):
+        if x == y:
+            continue
+        k = next((j for j, (p, q) in enumerate(zip(x, y)) if p != q), min(len(x), len(y)))
+        a, b = (x[k] if k < len(x) else eos), (y[k] if k < len(y) else eos)
+        found.append({"prompt": i, "position": k, "gap": round(float(gap(prompts[i] + x[:k], a, b)), 4)})
+    return found
 
 
 def agreement(a: list[list[int]], b: list[list[int]]) -> dict:
@@ -221,5 +242,13 @@ def _verify(run: Run, trainer: Trainer, merged: Path, f16: Path, model_path: Pat
         report["adapter_over_base"] = agreement(reference, gguf_greedy(f16.parent / "base-f16.gguf", prompts, n,
                                                                        lora=adapter))
     report["answers"] = [tok.decode(t) for t in reference]
-    report["passed"] = f16_agree["exact"] == f16_agree["prompts"]
+    if f16_agree["exact"] < f16_agree["prompts"] and importlib.util.find_spec("torch") is not None:
+        from .backends.hf import logit_gap
+
+        report["f16_partings"] = near_ties(reference, f16_out, prompts, tok.eos_token_id,
+                                           lambda ids, a, b: logit_gap(merged, ids, a, b))
+    partings = {p["prompt"]: p for p in report.get("f16_partings", [])}
+    report["passed"] = f16_agree["empty"] == 0 and all(
+        x == y or (i in partings and partings[i]["gap"] <= NEAR_TIE)
+        for i, (x, y) in enumerate(zip(reference, f16_out)))
     return report
