@@ -12,6 +12,7 @@ import dataclasses
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -146,6 +147,13 @@ def unshare_net_works() -> bool:
 def unshare_prefix() -> list[str]:
     return ["unshare", "-n", "--"] if subprocess.run(["unshare", "-n", "true"], capture_output=True).returncode == 0 \
         else ["unshare", "-rn", "--"]
+
+
+def sigint_as_in_a_terminal() -> None:
+    """``preexec_fn`` for a valign a test will Ctrl-C: SIGINT back to its default. A suite started as a
+    background job (``make test &``) inherits SIGINT ignored, and so would every valign it starts: the
+    Ctrl-C tests would then watch an uninterruptible process run to the end."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def cli_command(*args) -> list[str]:

@@ -16,7 +16,8 @@ from typing import Callable
 
 import pytest
 
-from conftest import CANARY_DOC, ROOT, assert_one_line_error, cli_command, cli_env, copy_run, snapshot, teacher_path, valign
+from conftest import (CANARY_DOC, ROOT, assert_one_line_error, cli_command, cli_env, copy_run, sigint_as_in_a_terminal,
+                      snapshot, teacher_path, valign)
 
 ACCEPTED = "<accepted>"
 slow = pytest.mark.slow
@@ -239,7 +240,7 @@ def start_and_wait_for_stage(ctx: Ctx, args: list, stage: str, timeout: float = 
     events = ctx.run / "logs" / "events.jsonl"
     offset = events.stat().st_size if events.exists() else 0
     proc = subprocess.Popen(cli_command(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=ctx.env, cwd=ROOT, start_new_session=True)
+                            env=ctx.env, cwd=ROOT, start_new_session=True, preexec_fn=sigint_as_in_a_terminal)
     deadline = time.time() + timeout
     while time.time() < deadline:
         if any(e.get("stage") == stage and e.get("kind") in ("progress", "metric") for e in _events_after(events, offset)):

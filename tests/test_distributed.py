@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, assert_one_line_error, cli_command, cli_env, copy_run, valign
+from conftest import ROOT, assert_one_line_error, cli_command, cli_env, copy_run, sigint_as_in_a_terminal, valign
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("peft")
@@ -127,7 +127,8 @@ def test_ctrl_c_stops_every_process_and_the_run_resumes_in_one(one_process, tmp_
     # Many small passes per step: the same update (test_training), slow enough to be interrupted mid-stage.
     slow = ["--set", "train.micro_batch_tokens=64"]
     proc = subprocess.Popen(cli_command("train", run, "--processes", 2, *FLAGS, *slow), cwd=ROOT, env=cli_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            preexec_fn=sigint_as_in_a_terminal)
     state = run / "adapters" / "sft" / "checkpoint" / "trainer_state.json"
     deadline = time.monotonic() + 600
     while not state.exists() and proc.poll() is None and time.monotonic() < deadline:
