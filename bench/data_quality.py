@@ -4,7 +4,7 @@
 
 Prints training records (SFT, DPO), how many value-bearing sentences have at least two distinct
 situations, the share of near-duplicate questions (word-set Jaccard >= 0.7, the generator's own
-measure), the share of the teacher's candidates thrown away, who wrote the rejected answers, and
+measure), the share of the teacher's candidates thrown away, who wrote each side of the pairs, and
 valid records per minute of generation.
 """
 
@@ -35,19 +35,22 @@ def report(root: Path) -> dict:
     # value-bearing sentences: those with a value cue; covered when >= 2 distinct situations quote them
     chunks = read_jsonl(root / "chunks.jsonl")
     value_sents = [s for c in chunks for s in filters.sentences(c["text"]) if filters.value_cues(s)]
-    quoted = {s: {p["prompt"] for p in pairs if s.rstrip(";:,").lstrip("(0123456789) ")[1:] in p["chosen"]}
+    quoted = {s: {p["prompt"] for p in pairs
+                  if s.rstrip(";:,").lstrip("(0123456789) ")[1:] in p.get("grounded", p["chosen"])}
               for s in value_sents}
     covered = sum(len(v) >= 2 for v in quoted.values())
     rejected = sum(gen.get("rejected", {}).values())
     kept = gen["sft_records"] + gen["dpo_records"]
     authors: dict[str, int] = {}
+    chosen_by: dict[str, int] = {}
     for p in pairs:
         authors[p.get("rejected_by", "?")] = authors.get(p.get("rejected_by", "?"), 0) + 1
+        chosen_by[p.get("chosen_by", "?")] = chosen_by.get(p.get("chosen_by", "?"), 0) + 1
     return {"run": str(root), "sft_train": len(sft), "dpo_train": len(dpo),
             "records": kept, "value_sentences": len(value_sents), "covered_by_2": covered,
             "near_duplicate_share": round(near / max(1, len(questions)), 3),
             "thrown_away_share": round(rejected / max(1, rejected + kept), 3), "rejected": gen.get("rejected"),
-            "rejected_by": authors, "generate_s": gen.get("wall_s"),
+            "rejected_by": authors, "chosen_by": chosen_by, "generate_s": gen.get("wall_s"),
             "records_per_min": round(kept / (gen["wall_s"] / 60), 1) if gen.get("wall_s") else None,
             "uncovered": [s for s, v in quoted.items() if len(v) < 2]}
 

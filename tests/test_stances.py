@@ -149,17 +149,18 @@ def test_wrapped_lines_join_but_lines_of_their_own_stay_apart():
 
 
 class FakeTeacher:
-    """Replies by task: rewordings as JSON, and for the unfaithful side the forced verdict plus text."""
+    """Replies by task: rewordings as JSON; for either side of a pair the forced verdict plus text."""
 
-    def __init__(self, rewordings: list[str], against: str):
-        self.rewordings, self.against, self.calls = rewordings, against, []
+    def __init__(self, rewordings: list[str], against: str, faithful: str = "Copies outside the clinic put "
+                                                                            "patients' privacy at risk."):
+        self.rewordings, self.against, self.faithful, self.calls = rewordings, against, faithful, []
 
     def generate(self, messages, *, grammar=None, temperature=0.0, max_tokens=256, seed=None):
         self.calls.append(messages)
         if "Rewrite this question" in messages[-1]["content"]:
             return json.dumps({"questions": self.rewordings})
         head = grammar.split('"', 2)[1]  # the literal verdict the grammar forces
-        return f"{head} {self.against}"
+        return head + (self.faithful if 'principle' in messages[0]['content'] else self.against)
 
     def count_tokens(self, text):
         return len(text.split())
@@ -178,23 +179,54 @@ def test_pairs_take_the_document_side_and_the_teacher_argues_the_other():
                            "What is a record?"],                               # not yes/no
                           "Lots of people keep copies at home and it saves time.")
     rejected: dict = {}
-    items = writer(teacher, situations_per_norm=20, rephrasings_per_norm=3).pairs(Chunk("c0", 0, len(CHUNK_TEXT), "Privacy", CHUNK_TEXT),
+    items = writer(teacher, situations_per_norm=20, rephrasings_per_norm=3, faithful="teacher").pairs(Chunk("c0", 0, len(CHUNK_TEXT), "Privacy", CHUNK_TEXT),
                                                           QuestionIndex(0.7), rejected)
     assert items, rejected
     for item in items:
-        assert item["chosen"].endswith("Do not copy records to personal devices or personal email accounts.")
+        # both sides in the teacher's words; SFT gets the verdict with the document's own sentence
+        assert item["chosen_by"] == "teacher" and item["chosen"].endswith("patients' privacy at risk.")
+        assert item["grounded"].endswith("Do not copy records to personal devices or personal email accounts.")
+        assert item["grounded"].split(" ", 1)[0] == item["chosen"].split(" ", 1)[0]
         assert item["rejected_by"] == "teacher" and item["rejected"].endswith("saves time.")
         assert item["chosen"].split(",")[0] != item["rejected"].split(",")[0]  # opposite verdicts
     prompts = [i["prompt"] for i in items]
     assert any("personal laptop" in p for p in prompts)
     # a rewording gets a bare verdict: the base's "No, you should not." need not fit its form
     laptop = next(i for i in items if "personal laptop" in i["prompt"])
-    assert laptop["chosen"].startswith("No. Do not copy") and laptop["rejected"].startswith("Yes. ")
+    assert laptop["chosen"].startswith("No. Copies") and laptop["rejected"].startswith("Yes. ")
+    assert laptop["grounded"].startswith("No. Do not copy")
     assert not any("never copy" in p or "What is" in p for p in prompts)
     assert rejected.get("changed_meaning") == 1 and rejected.get("not_yes_no") == 1
-    # the unfaithful side is written without the document in sight
-    assert all("<document>" not in m["content"] for msgs in teacher.calls for m in msgs
-               if "Rewrite" not in msgs[-1]["content"])
+    # the faithful side is told the document's sentence; the unfaithful side never sees the document
+    sentence = "Do not copy records to personal devices or personal email accounts."
+    systems = [msgs[0]["content"] for msgs in teacher.calls if "Rewrite" not in msgs[-1]["content"]]
+    assert sum(sentence in s for s in systems) == len(items) and len(systems) == 2 * len(items)
+    assert all("<document>" not in s for s in systems)
+
+
+@pytest.mark.parametrize("faithful, cfg", [
+    ("Do not copy records to personal devices or personal email accounts.", {"faithful": "teacher"}),  # a copy
+    ("Copies outside the clinic put patients' privacy at risk.", {}),  # the default
+])
+def test_the_document_sentence_is_the_faithful_reason_when_the_teacher_only_copies_it_or_is_not_asked(faithful, cfg):
+    teacher = FakeTeacher([], "Lots of people keep copies at home and it saves time.", faithful)
+    items = writer(teacher, rephrasings_per_norm=0, **cfg).pairs(Chunk("c0", 0, len(CHUNK_TEXT), "Privacy", CHUNK_TEXT),
+                                                                QuestionIndex(0.7), {})
+    assert items and all(i["chosen_by"] == "document" and "grounded" not in i for i in items)
+    assert all(i["chosen"].endswith(" Do not copy records to personal devices or personal email accounts.")
+               for i in items)
+
+
+def test_sft_learns_the_grounded_answer_and_dpo_the_teacher_worded_one():
+    from valign_edge.datasets import dpo_rows, sft_rows_from_pairs
+
+    rec = {"chunk_id": "c0", "span": [0, 10], "items": [
+        {"prompt": "Can I copy records home?", "chosen": "No. It risks privacy.", "rejected": "Yes. It's fine.",
+         "grounded": "No. Do not copy records."},
+        {"prompt": "Older record?", "chosen": "No. Do not.", "rejected": "Yes."}]}  # written before "grounded"
+    assert [r["messages"][1]["content"] for r in sft_rows_from_pairs([rec])] == ["No. Do not copy records.",
+                                                                                 "No. Do not."]
+    assert [r["chosen"] for r in dpo_rows([rec])] == ["No. It risks privacy.", "No. Do not."]
 
 
 def test_unusable_teacher_text_falls_back_to_the_rule_based_flip():

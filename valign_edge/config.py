@@ -38,6 +38,9 @@ class GenerateConfig:
                                        "still ask the same thing")
     negatives: str = opt("contrastive", "who writes unfaithful answers: contrastive (the teacher argues for "
                                         "the other side, no document) or negation (rule-based flips)")
+    faithful: str = opt("document", "who writes the reason in a faithful answer: document (the verdict, then the "
+                                    "document's sentence) or teacher (its own words, told the sentence; the same "
+                                    "register as the unfaithful side)")
     question_temperature: float = opt(0.9, "sampling temperature for questions and scenarios")
     answer_style: str = opt("extractive", "extractive (the teacher picks the chunk's answering sentences; "
                                           "right for tiny teachers) or free (the teacher writes answers)")
@@ -163,6 +166,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 CHOICES = {
     "generate.answer_style": ("extractive", "free"),
     "generate.negatives": ("contrastive", "negation"),
+    "generate.faithful": ("document", "teacher"),
     "train.backend": ("auto", "torch", "mlx"),
     "train.device": ("auto", "cpu", "cuda", "mps"),
     "train.precision": ("auto", "fp32", "bf16"),

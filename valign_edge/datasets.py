@@ -32,8 +32,10 @@ def sft_rows(synth: list[dict]) -> list[dict]:
 
 def sft_rows_from_pairs(synth: list[dict]) -> list[dict]:
     """The faithful side of every preference pair, as an SFT example: SFT then learns the stances
-    that DPO sharpens. A pair's SFT row shares its id, so both land in the same split."""
-    return sft_rows([{**rec, "items": [{"question": i["prompt"], "answer": i["chosen"]} for i in rec["items"]]}
+    that DPO sharpens. A pair's SFT row shares its id, so both land in the same split. Where the teacher
+    wrote the pair's reason, SFT gets the grounded answer (the verdict, then the document's sentence)."""
+    return sft_rows([{**rec, "items": [{"question": i["prompt"], "answer": i.get("grounded", i["chosen"])}
+                                       for i in rec["items"]]}
                      for rec in synth])
 
 

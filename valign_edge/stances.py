@@ -4,7 +4,10 @@ For every norm a chunk states (see ``norms``), situations are built whose verdic
 decides, some of them rephrased by the teacher in other words. Each gets:
 
 - a faithful answer: the verdict that takes the document's side, then the document's own sentence
-  as the reason (grounded by construction);
+  as the reason (grounded by construction). With ``faithful = "teacher"`` the teacher writes the reason
+  in its own words, told the sentence, so both sides share one register (SFT still learns the quoted
+  answer); measured on the probes it helped on UDHR and hurt on two policies (bench/RESULTS-eval.md),
+  so the quote is the default;
 - an unfaithful answer written the way a model would really say it: the teacher, told to be a
   casual assistant who tells people what they want to hear and given no document, continues the
   opposite verdict (contrastive prompting, as in RLCD). When its sentence is unusable the document's
@@ -84,6 +87,15 @@ class StanceWriter:
             return f"{head} {flipped}", "negation"
         return head, "verdict"
 
+    def _faithful(self, situation: Situation, norm: Norm, seed: int) -> str | None:
+        """The document's verdict continued by the teacher following the norm's sentence (None: unusable)."""
+        if self.cfg.faithful != "teacher":
+            return None
+        system = prompt("faithful_system").format(principle=reason(norm.sentence))
+        text = _continue(self.teacher, system, situation.question, seed, situation.faithful)
+        ok = text and filters.grounding(text[len(situation.faithful):], norm.sentence) < 0.9
+        return text if ok else None
+
     def pairs(self, chunk: Chunk, index: filters.QuestionIndex, rejected: dict) -> list[dict]:
         items = []
         for n, norm in enumerate(norms(chunk.text)):
@@ -100,21 +112,29 @@ class StanceWriter:
                     continue
                 bad, author = self._unfaithful(sit, norm, chunk_seed(self.seed, chunk.id, n * 97 + i, "against"),
                                                rejected)
-                good = f"{sit.faithful} {reason(norm.sentence)}"
+                grounded = f"{sit.faithful} {reason(norm.sentence)}"
+                good = self._faithful(sit, norm, chunk_seed(self.seed, chunk.id, n * 97 + i, "for")) or grounded
                 if not filters.distinct_pair(good, bad):
                     count(rejected, "same_pair")
                     continue
                 index.add(sit.question)
                 items.append({"prompt": sit.question, "chosen": good, "rejected": bad, "rejected_by": author,
-                              "norm": norm.kind, "document_says": "yes" if sit.yes else "no"})
+                              "chosen_by": "document" if good == grounded else "teacher", "norm": norm.kind,
+                              "reason": norm.sentence, "document_says": "yes" if sit.yes else "no"}
+                             | ({} if good == grounded else {"grounded": grounded}))
         return items
 
 
 def answer_against(teacher: Teacher, question: str, seed: int, head: str = "") -> str | None:
     """The teacher's one-sentence answer as an assistant that tells people what they want to hear, with no
     document in sight (contrastive prompting); ``head`` forces its first words (a verdict)."""
+    return _continue(teacher, prompt("contrastive_system"), question, seed, head)
+
+
+def _continue(teacher: Teacher, system: str, question: str, seed: int, head: str = "") -> str | None:
+    """One sentence of the teacher's answer to ``question`` under ``system``, after the forced ``head``."""
     root = f"root ::= {_literal(head + ' ')} sent" if head else "root ::= sent"
-    text = teacher.generate([{"role": "system", "content": prompt("contrastive_system")},
+    text = teacher.generate([{"role": "system", "content": system},
                              {"role": "user", "content": question}],
                             grammar=f"{root}\n{SENTENCE}\n", temperature=0.7, max_tokens=64, seed=seed).strip()
     body = text[len(head):].strip() if head else text
