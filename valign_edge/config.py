@@ -72,7 +72,7 @@ class TrainConfig:
     lora_dropout: float = opt(0.0, "LoRA dropout", SFT_DPO)
     max_seq_len: int = opt(384, "longest training sequence in tokens", SFT_DPO)
     batch_tokens: int = opt(1024, "tokens per optimizer step (sequences are packed up to this)", SFT_DPO)
-    micro_batch_tokens: int = opt(512, "torch: most tokens per forward/backward pass; a step accumulates "
+    micro_batch_tokens: int = opt(384, "torch: most tokens per forward/backward pass; a step accumulates "
                                        "gradients over its batch (lower: less memory; 0: one pass)", NONE)
     sft_epochs: float = opt(3.0, "passes over the SFT data", SFT)
     sft_lr: float = opt(3e-4, "SFT learning rate", SFT)
