@@ -45,7 +45,8 @@ def report(root: Path) -> dict:
     chosen_by: dict[str, int] = {}
     for p in pairs:
         authors[p.get("rejected_by", "?")] = authors.get(p.get("rejected_by", "?"), 0) + 1
-        chosen_by[p.get("chosen_by", "?")] = chosen_by.get(p.get("chosen_by", "?"), 0) + 1
+        writer = "teacher" if "grounded" in p else "document"  # a teacher-worded reason keeps the quote aside
+        chosen_by[writer] = chosen_by.get(writer, 0) + 1
     return {"run": str(root), "sft_train": len(sft), "dpo_train": len(dpo),
             "records": kept, "value_sentences": len(value_sents), "covered_by_2": covered,
             "near_duplicate_share": round(near / max(1, len(questions)), 3),

@@ -184,7 +184,7 @@ def test_pairs_take_the_document_side_and_the_teacher_argues_the_other():
     assert items, rejected
     for item in items:
         # both sides in the teacher's words; SFT gets the verdict with the document's own sentence
-        assert item["chosen_by"] == "teacher" and item["chosen"].endswith("patients' privacy at risk.")
+        assert "grounded" in item and item["chosen"].endswith("patients' privacy at risk.")
         assert item["grounded"].endswith("Do not copy records to personal devices or personal email accounts.")
         assert item["grounded"].split(" ", 1)[0] == item["chosen"].split(" ", 1)[0]
         assert item["rejected_by"] == "teacher" and item["rejected"].endswith("saves time.")
@@ -212,7 +212,7 @@ def test_the_document_sentence_is_the_faithful_reason_when_the_teacher_only_copi
     teacher = FakeTeacher([], "Lots of people keep copies at home and it saves time.", faithful)
     items = writer(teacher, rephrasings_per_norm=0, **cfg).pairs(Chunk("c0", 0, len(CHUNK_TEXT), "Privacy", CHUNK_TEXT),
                                                                 QuestionIndex(0.7), {})
-    assert items and all(i["chosen_by"] == "document" and "grounded" not in i for i in items)
+    assert items and all("grounded" not in i for i in items)
     assert all(i["chosen"].endswith(" Do not copy records to personal devices or personal email accounts.")
                for i in items)
 

@@ -118,10 +118,11 @@ class StanceWriter:
                     count(rejected, "same_pair")
                     continue
                 index.add(sit.question)
-                items.append({"prompt": sit.question, "chosen": good, "rejected": bad, "rejected_by": author,
-                              "chosen_by": "document" if good == grounded else "teacher", "norm": norm.kind,
-                              "reason": norm.sentence, "document_says": "yes" if sit.yes else "no"}
-                             | ({} if good == grounded else {"grounded": grounded}))
+                item = {"prompt": sit.question, "chosen": good, "rejected": bad, "rejected_by": author,
+                        "norm": norm.kind, "document_says": "yes" if sit.yes else "no"}
+                if good != grounded:  # the teacher worded the reason: SFT learns the quoted answer
+                    item["grounded"] = grounded
+                items.append(item)
         return items
 
 
