@@ -2,16 +2,19 @@
 adapters, rank 0 alone writes the run folder, Ctrl-C stops every process, and a run resumes from its
 checkpoint with another number of processes.
 
-Tolerance: the largest relative difference (Frobenius norm of the difference over the norm) of any
-adapter tensor, and of every step's loss and gradient norm, at most ``TOL`` = 1e-4. Two processes sum
-the same per-item gradients in another order and pad sequences into other batch shapes, so float32
-rounding differs (measured on this test's data: 4e-7 for SFT, 1.5e-7 for DPO); what the tolerance must
-catch is far larger (measured by breaking ``_accumulate`` on purpose, see bench/RESULTS.md): no
-all-reduce (0.47 SFT, 0.10 DPO), each process's mean averaged instead of the global mean (0.11, 0.067),
-or gradients summed over processes without the division (6.7e-4, 0.036: Adam is nearly blind to a
-uniform gradient scale, but the recorded gradient norm doubles). Each stage is compared
-from the same start (DPO continues the one-process SFT adapter in both runs): DPO's Adam steps turn
-1e-6 differences in the SFT adapter into percent-sized ones in near-zero gradient entries.
+Tolerance: every step's loss and gradient norm within ``TOL`` = 1e-4 (relative), and the largest relative
+difference (Frobenius norm of the difference over the norm) of any adapter tensor at most ``ADAPTER_TOL``
+= 2e-3. Two processes sum the same per-item gradients in another order and pad sequences into other batch
+shapes, so float32 rounding differs; Adam's nearly sign-sized steps on near-zero gradient entries of the
+tiny random student amplify it in a tensor or two: measured on this test's data, the worst SFT tensor
+(layer 1's v_proj lora_B) differs by 2.4e-4 with one pass per process, 2.5e-4 with 384-token passes and
+3e-5 with 512-token ones, while every step's loss and gradient norm agree to six digits. What the
+tolerances must catch is far larger (measured by breaking ``_accumulate`` on purpose, see bench/RESULTS.md):
+no all-reduce (0.47 SFT, 0.10 DPO in the adapters), each process's mean averaged instead of the global mean
+(0.11, 0.067), or gradients summed over processes without the division (6.7e-4, 0.036: Adam is nearly blind
+to a uniform gradient scale, but the recorded gradient norm doubles, which ``TOL`` catches). Each stage is
+compared from the same start (DPO continues the one-process SFT adapter in both runs): DPO's Adam steps
+turn 1e-6 differences in the SFT adapter into percent-sized ones in near-zero gradient entries.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("peft")
 
 TOL = 1e-4
+ADAPTER_TOL = 2e-3
 # Determinism: fp32 (bf16 autocast's rounding depends on the batch shapes), one thread per process.
 FLAGS = ["--set", "train.precision=fp32", "--set", "train.threads=1", "--set", "train.lora_dropout=0"]
 
@@ -60,7 +64,7 @@ def assert_same_training(run: Path, reference: Path, stage: str) -> None:
     ours, theirs = adapter(run, stage), adapter(reference, stage)
     assert set(ours) == set(theirs)
     worst = max(rel(ours[name], theirs[name]) for name in theirs)
-    assert worst <= TOL, f"{stage}: an adapter tensor differs by {worst:.2e} (relative) from one process's"
+    assert worst <= ADAPTER_TOL, f"{stage}: an adapter tensor differs by {worst:.2e} (relative) from one process's"
     for a, b in zip(history(run, stage), history(reference, stage), strict=True):
         for field in ("loss", "grad_norm"):
             assert a[field] == pytest.approx(b[field], rel=TOL, abs=1e-6), (stage, a["step"], field)
@@ -153,7 +157,7 @@ def test_ctrl_c_stops_every_process_and_the_run_resumes_in_one(one_process, tmp_
 def assert_same_training_after_resume(run: Path, reference: Path, checkpoint: int) -> None:
     ours, theirs = adapter(run, "sft"), adapter(reference, "sft")
     worst = max(rel(ours[name], theirs[name]) for name in theirs)
-    assert worst <= TOL, f"resumed SFT differs by {worst:.2e} from the uninterrupted one-process run"
+    assert worst <= ADAPTER_TOL, f"resumed SFT differs by {worst:.2e} from the uninterrupted one-process run"
     steps = {h["step"]: h for h in history(reference, "sft")}
     for row in history(run, "sft"):  # the steps after the checkpoint
         assert row["loss"] == pytest.approx(steps[row["step"]]["loss"], rel=TOL, abs=1e-6)

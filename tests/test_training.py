@@ -125,6 +125,7 @@ def test_micro_batches_split_a_step_by_padded_tokens():
 
     lengths = [30, 40, 50, 100, 10]
     assert micro_batches([0, 1, 2], lengths, 0) == [[0, 1, 2]]
+    assert micro_batches([], lengths, 0) == [] == micro_batches([], lengths, 100)  # an empty shard: no pass
     assert micro_batches([0, 1, 2], lengths, 100) == [[0, 1], [2]]  # 2 x 40 fits, 3 x 50 does not
     assert micro_batches([3, 4], lengths, 50) == [[3], [4]]  # a sequence longer than the budget goes alone
 

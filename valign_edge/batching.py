@@ -148,8 +148,11 @@ def lr_at(step: int, total: int, warmup: int, base_lr: float) -> float:
 
 def micro_batches(batch: list[int], lengths: list[int], micro_tokens: int) -> list[list[int]]:
     """Split one optimizer step's batch into forward/backward passes of at most ``micro_tokens``
-    padded tokens (at least one sequence each), so a large step needs a fraction of the memory."""
-    return pack(batch, lengths, micro_tokens) if micro_tokens > 0 else [batch]
+    padded tokens (at least one sequence each), so a large step needs a fraction of the memory.
+    An empty batch (a process's shard of a step with fewer items than processes) has no pass."""
+    if micro_tokens <= 0:
+        return [batch] if batch else []
+    return pack(batch, lengths, micro_tokens)
 
 
 def step_batches(lengths: list[int], batch_tokens: int, seed: int, total_steps: int) -> list[list[int]]:
