@@ -61,6 +61,7 @@ def test_base_student_baseline_gets_the_aligned_template(base_student_run):
     export = base_student_run / "export"
     assert _metadata_template(export / "model-q8_0.gguf") == FALLBACK_CHAT_TEMPLATE
     assert _metadata_template(export / "base-q8_0.gguf") == FALLBACK_CHAT_TEMPLATE
+    assert 'Answer:"""' in (export / "Modelfile").read_text()  # Ollama gets the same prompt format
     assert not (base_student_run / "work").exists()
 
 

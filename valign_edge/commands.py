@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from pathlib import Path
 
@@ -41,6 +42,17 @@ def _emitter(run=None, quiet: bool = False):
     return checked, sink
 
 
+@contextlib.contextmanager
+def _stage_session(run):
+    """A verb's work on ``run``: its events to the console and the run's log, under the run's lock."""
+    emit, sink = _emitter(run)
+    with run.lock():
+        try:
+            yield emit
+        finally:
+            sink.close()
+
+
 _INTERRUPTED = False
 
 
@@ -74,13 +86,9 @@ def cmd_generate(args) -> int:
     text = read_document(args.document).text  # refuse bad input before touching the run folder
     _announce(resolve(cfg.teacher, "teacher"))
     run = _open_run(args.out, create=True)
-    emit, sink = _emitter(run)
-    with run.lock():
-        try:
-            _check_document(run, text, args.new_document)
-            info = generate(run, cfg, emit, doc=args.document)
-        finally:
-            sink.close()
+    with _stage_session(run) as emit:
+        _check_document(run, text, args.new_document)
+        info = generate(run, cfg, emit, doc=args.document)
     _print_generate_summary(run, info)
     return 0
 
@@ -120,12 +128,8 @@ def cmd_train(args) -> int:
         return follow()
     run = _open_run(args.run, create=False)
     cfg = _resolve_config(args, args.run)
-    emit, sink = _emitter(run)
-    with run.lock():
-        try:
-            result = train(run, cfg, emit)
-        finally:
-            sink.close()
+    with _stage_session(run) as emit:
+        result = train(run, cfg, emit)
     print(f"adapters: {result['sft']}  {result['dpo']}")
     return 0
 
@@ -135,12 +139,8 @@ def cmd_export(args) -> int:
 
     run = _open_run(args.run, create=False)
     cfg = _resolve_config(args, args.run)
-    emit, sink = _emitter(run)
-    with run.lock():
-        try:
-            info = export(run, cfg, emit)
-        finally:
-            sink.close()
+    with _stage_session(run) as emit:
+        info = export(run, cfg, emit)
     print(f"exported: {info['model']}  (verify: {'passed' if info['verified'] else 'FAILED'})")
     return _verification_exit(run, info)
 
@@ -164,13 +164,9 @@ def cmd_run(args) -> int:
         check_probe_files(cfg)
         _announce(judge_model_ref(cfg), "judge")
     run = _open_run(args.out, create=True)
-    emit, sink = _emitter(run)
-    with run.lock():
-        try:
-            _check_document(run, text, args.new_document)
-            info = run_all(run, cfg, emit, doc=args.document, evaluate=args.eval)
-        finally:
-            sink.close()
+    with _stage_session(run) as emit:
+        _check_document(run, text, args.new_document)
+        info = run_all(run, cfg, emit, doc=args.document, evaluate=args.eval)
     print(f"aligned model: {info['model']}")
     print(f"verification: {'passed' if info['verified'] else 'FAILED'} ({run.export_dir / 'verify.json'})")
     if args.show_example:
@@ -222,12 +218,8 @@ def cmd_eval(args) -> int:
     from .eval_judging import judge_model_ref
 
     _announce(judge_model_ref(cfg), "judge")  # a judge server off this machine is refused here
-    emit, sink = _emitter(run)
-    with run.lock():
-        try:
-            report = evaluate(run, cfg, emit, doc=args.doc, probes=args.probe)
-        finally:
-            sink.close()
+    with _stage_session(run) as emit:
+        report = evaluate(run, cfg, emit, doc=args.doc, probes=args.probe)
     print((run.eval_dir / "report.md").read_text(encoding="utf-8"))
     return 0 if report else 1
 

@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 from . import datasets, models
+from .batching import is_fallback_template
 from .backends import Trainer, choose_backend, load_trainer
 from .backends.llama_cpp import greedy_tokens as gguf_greedy
 from .backends.llama_cpp import quantize_gguf
@@ -95,6 +96,10 @@ def modelfile(gguf_name: str, chat_template: str | None) -> str:
     if chat_template and "<|im_start|>" in chat_template:
         lines += ['TEMPLATE """{{- range .Messages }}<|im_start|>{{ .Role }}', '{{ .Content }}<|im_end|>',
                   '{{ end }}<|im_start|>assistant', '"""', 'PARAMETER stop "<|im_end|>"']
+    elif is_fallback_template(chat_template):  # a base student: Ollama has no template of its own for it
+        lines += ['TEMPLATE """{{- range .Messages }}{{- if eq .Role "user" }}Question: {{ .Content }}',
+                  '{{ else if eq .Role "assistant" }}Answer: {{ .Content }}',
+                  '{{ else }}{{ .Content }}', '{{ end }}{{- end }}Answer:"""', 'PARAMETER stop "Question:"']
     else:
         lines.append("# The chat template is read from the GGUF's metadata.")
     lines.append("PARAMETER temperature 0.3")
