@@ -15,18 +15,23 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import torch
-from peft import PeftModel
-from transformers import AutoModelForCausalLM
-from valign_edge.backends.hf import student_dir, load_tokenizer
+
+import torch  # noqa: E402
+from peft import PeftModel  # noqa: E402
+from transformers import AutoModelForCausalLM  # noqa: E402
+
+from valign_edge.backends.hf import load_tokenizer, student_hf_dir  # noqa: E402
+from valign_edge.config import load_toml  # noqa: E402
+from valign_edge.models import resolve  # noqa: E402
+
 run, mode = sys.argv[1], sys.argv[2]
 torch.set_num_threads(2)
-from valign_edge.config import load_toml
-student = load_toml(Path(run) / "config.toml").get("student", "smollm2-135m-instruct")
-base = student_dir(type("C", (), {"student": student})())
-tok = load_tokenizer(base); tok.padding_side = "left"
+base = student_hf_dir(resolve(load_toml(Path(run) / "config.toml").get("student", "smollm2-135m-instruct"), "student"))
+tok = load_tokenizer(base)
+tok.padding_side = "left"
 model = AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.float32)
 model = PeftModel.from_pretrained(model, f"{run}/adapters/sft").eval()
+
 
 def verdict(text):
     w = re.match(r"\W*(\w+)", text)

@@ -87,11 +87,12 @@ class StanceWriter:
             return f"{head} {flipped}", "negation"
         return head, "verdict"
 
-    def _faithful(self, situation: Situation, norm: Norm, seed: int) -> str | None:
-        """The document's verdict continued by the teacher following the norm's sentence (None: unusable)."""
+    def _faithful(self, situation: Situation, norm: Norm, principle: str, seed: int) -> str | None:
+        """The document's verdict continued by the teacher following ``principle``, the norm's sentence as
+        ``reason`` gives it (None: unusable)."""
         if self.cfg.faithful != "teacher":
             return None
-        system = prompt("faithful_system").format(principle=reason(norm.sentence))
+        system = prompt("faithful_system").format(principle=principle)
         text = _continue(self.teacher, system, situation.question, seed, situation.faithful)
         ok = text and filters.grounding(text[len(situation.faithful):], norm.sentence) < 0.9
         return text if ok else None
@@ -106,14 +107,16 @@ class StanceWriter:
             candidates = [Situation(_pick(OPENERS, self.seed, chunk.id, s.question) + s.question, s.yes, s.faithful,
                                     s.unfaithful) for s in built]
             candidates += self._rephrasings(norm, built[0], rejected, seed)
+            principle = reason(norm.sentence)
             for i, sit in enumerate(candidates[: self.cfg.situations_per_norm]):
                 if index.is_duplicate(sit.question):
                     count(rejected, "duplicate")
                     continue
                 bad, author = self._unfaithful(sit, norm, chunk_seed(self.seed, chunk.id, n * 97 + i, "against"),
                                                rejected)
-                grounded = f"{sit.faithful} {reason(norm.sentence)}"
-                good = self._faithful(sit, norm, chunk_seed(self.seed, chunk.id, n * 97 + i, "for")) or grounded
+                grounded = f"{sit.faithful} {principle}"
+                seed_for = chunk_seed(self.seed, chunk.id, n * 97 + i, "for")
+                good = self._faithful(sit, norm, principle, seed_for) or grounded
                 if not filters.distinct_pair(good, bad):
                     count(rejected, "same_pair")
                     continue
