@@ -46,9 +46,18 @@ def _literal(text: str) -> str:
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", " ") + '"'
 
 
+class Choice(str):
+    """A grammar admitting exactly one of ``options`` (as text: any teacher takes it as a grammar). The
+    in-process teacher stops decoding once one option is left: the grammar forces the rest."""
+
+    options: tuple[str, ...]
+
+
 def choice_grammar(options: list[str]) -> str:
     """Exactly one of ``options``, verbatim: the teacher picks, it cannot invent."""
-    return "root ::= " + " | ".join(_literal(o) for o in options) + "\n"
+    grammar = Choice("root ::= " + " | ".join(_literal(o) for o in options) + "\n")
+    grammar.options = tuple(o.replace("\n", " ") for o in options)  # what _literal makes of them
+    return grammar
 
 
 @contextlib.contextmanager
@@ -150,6 +159,8 @@ class LlamaTeacher:
         if seed is not None:
             kwargs["seed"] = seed
         start = time.perf_counter()
+        if isinstance(grammar, Choice):
+            return self._choose(kwargs, grammar.options, start)
         with quiet_native():
             out = self.llm.create_chat_completion(**kwargs)
         self.seconds += time.perf_counter() - start
@@ -158,6 +169,28 @@ class LlamaTeacher:
         self.completion_tokens += usage.get("completion_tokens", 0)
         self.prompt_tokens += usage.get("prompt_tokens", 0)
         return out["choices"][0]["message"]["content"] or ""
+
+    def _choose(self, kwargs: dict, options: tuple[str, ...], start: float) -> str:
+        """The constrained decoding ``generate`` runs, stopped as soon as a single option still fits what
+        was decoded: the same pick, without decoding the tokens the grammar forces (most of a sentence)."""
+        text, tokens = "", 0
+        with quiet_native():
+            stream = self.llm.create_chat_completion(stream=True, **kwargs)
+            for chunk in stream:
+                piece = chunk["choices"][0]["delta"].get("content")
+                if not piece:
+                    continue
+                text, tokens = text + piece, tokens + 1
+                left = [o for o in options if o.startswith(text)]
+                if len(left) == 1:
+                    text = left[0]
+                    break
+            stream.close()
+        self.seconds += time.perf_counter() - start
+        self.calls += 1
+        self.completion_tokens += tokens
+        self.prompt_tokens += max(0, self.llm.n_tokens - tokens)
+        return text
 
     def reset(self) -> None:
         """Forget the KV cache: the next call computes its whole prompt, as in a fresh process."""
