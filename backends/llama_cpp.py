@@ -138,6 +138,9 @@ class LlamaTeacher:
                  seed: int = 0):
         self.path = Path(path)
         self.llm = load_llama(path, n_ctx=n_ctx, n_threads=n_threads, n_threads_batch=n_threads_batch, seed=seed)
+        from . import llama_grammar
+
+        llama_grammar.install(self.llm)  # the same picks, the grammar asked about the likeliest tokens first
         self.n_ctx = n_ctx
         self.calls = 0
         self.completion_tokens = 0

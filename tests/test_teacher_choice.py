@@ -37,3 +37,29 @@ def test_choice_stops_early_with_the_same_pick(teacher_gguf):
     wrapped = choice_grammar(["Paper records are locked\naway every evening.", OPTIONS[0]])
     pick = teacher.generate(messages("answer", CHUNK, question=QUESTIONS[1]), grammar=wrapped, max_tokens=60)
     assert pick in wrapped.options and "\n" not in pick
+
+
+def test_likeliest_first_grammar_sampling_makes_the_same_text(teacher_gguf):
+    """backends/llama_grammar: the same replies as llama-cpp-python's own chain (grammar over the whole
+    vocabulary), sampled and greedy, for the three kinds of grammar generation uses."""
+    from valign_edge.backends import llama_grammar
+    from valign_edge.backends.llama_cpp import FREE_TEXT, _literal, questions_grammar
+    from valign_edge.stances import SENTENCE
+
+    teacher = LlamaTeacher(teacher_gguf, n_ctx=1024)
+    against = _literal("Yes, you can. ")
+    calls = [(messages("questions", CHUNK, k=3), questions_grammar(3), 0.9),
+             (messages("answer", CHUNK, question=QUESTIONS[0]), FREE_TEXT, 0.0),
+             ([{"role": "user", "content": QUESTIONS[0]}], f"root ::= {against} sent\n{SENTENCE}\n", 0.7)]
+
+    def replies() -> list[str]:
+        return [teacher.generate(m, grammar=g, temperature=temp, max_tokens=60, seed=seed)
+                for m, g, temp in calls for seed in (1, 2)]
+
+    before = llama_grammar.LikeliestFirst.cut
+    ours = replies()
+    assert llama_grammar.LikeliestFirst.cut - before > 50  # the short list was used, not only the fallback
+    del teacher.llm._init_sampler  # llama-cpp-python's own chain
+    theirs = replies()
+    assert ours == theirs
+    assert all(ours)
