@@ -26,13 +26,12 @@ class LikeliestFirst:
     """The chain step before the grammar: keep the ``SIZES[i]`` likeliest candidates once ``need`` of
     them are allowed by ``grammar`` (a llama_sampler the chain owns and advances)."""
 
-    steps = cut = 0  # over all instances: how often the list was cut (for tests and benchmarks)
+    cut = 0  # over all instances: how often the list was cut (for tests and benchmarks)
 
     def __init__(self, grammar: Any, need: int):
         self.grammar, self.need = grammar, need
 
     def __call__(self, cur_p: Any) -> None:
-        LikeliestFirst.steps += 1
         arr = cur_p.contents
         n = int(arr.size)
         tokens = np.frombuffer((llama_cpp.llama_token_data * n).from_address(ctypes.addressof(arr.data.contents)),
