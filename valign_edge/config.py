@@ -83,8 +83,8 @@ class TrainConfig:
                                      "DPO), per token of the chosen answer", DPO)
     max_steps: int = opt(0, "stop each stage after this many steps (0: from epochs)", SFT_DPO)
     warmup_steps: int = opt(5, "linear warm-up steps (at most a tenth of a stage's steps)", SFT_DPO)
-    precision: str = opt("auto", "auto, fp32 or bf16 (auto: bf16 autocast on a CUDA GPU that has it, fp32 on the CPU, the "
-                                "checkpoint's dtype with MLX on a GPU)", NONE)
+    precision: str = opt("auto", "auto, fp32 or bf16 (auto: bf16 autocast on a CUDA GPU that has it, fp32 on "
+                                 "the CPU, the checkpoint's dtype with MLX on a GPU)", NONE)
     checkpoint_every: int = opt(25, "steps between resumable checkpoints", NONE)
     threads: int = opt(0, "CPU threads for training (0: all cores, or 1 while the machine is busy)", NONE)
     processes: int = opt(1, "torch: data-parallel training processes on this machine (gloo on the CPU, NCCL on "
