@@ -163,19 +163,24 @@ class LlamaTeacher:
             kwargs["seed"] = seed
         start = time.perf_counter()
         if isinstance(grammar, Choice):
-            return self._choose(kwargs, grammar.options, start)
-        with quiet_native():
-            out = self.llm.create_chat_completion(**kwargs)
+            text, completion, prompt = self._choose(kwargs, grammar.options)
+        else:
+            with quiet_native():
+                out = self.llm.create_chat_completion(**kwargs)
+            usage = out.get("usage", {})
+            text = out["choices"][0]["message"]["content"] or ""
+            completion, prompt = usage.get("completion_tokens", 0), usage.get("prompt_tokens", 0)
         self.seconds += time.perf_counter() - start
         self.calls += 1
-        usage = out.get("usage", {})
-        self.completion_tokens += usage.get("completion_tokens", 0)
-        self.prompt_tokens += usage.get("prompt_tokens", 0)
-        return out["choices"][0]["message"]["content"] or ""
+        self.completion_tokens += completion
+        self.prompt_tokens += prompt
+        return text
 
-    def _choose(self, kwargs: dict, options: tuple[str, ...], start: float) -> str:
+    def _choose(self, kwargs: dict, options: tuple[str, ...]) -> tuple[str, int, int]:
         """The constrained decoding ``generate`` runs, stopped as soon as a single option still fits what
-        was decoded: the same pick, without decoding the tokens the grammar forces (most of a sentence)."""
+        was decoded: the same pick, without decoding the tokens the grammar forces (most of a sentence).
+        Returns the pick, the tokens decoded and the prompt's length (the stream reports no usage: the
+        context's length less what was decoded, within a token)."""
         text, tokens = "", 0
         with quiet_native():
             stream = self.llm.create_chat_completion(stream=True, **kwargs)
@@ -189,11 +194,7 @@ class LlamaTeacher:
                     text = left[0]
                     break
             stream.close()
-        self.seconds += time.perf_counter() - start
-        self.calls += 1
-        self.completion_tokens += tokens
-        self.prompt_tokens += max(0, self.llm.n_tokens - tokens)
-        return text
+        return text, tokens, max(0, self.llm.n_tokens - tokens)
 
     def reset(self) -> None:
         """Forget the KV cache: the next call computes its whole prompt, as in a fresh process."""

@@ -57,20 +57,15 @@ def install(llm: Any) -> None:
     """Give ``llm`` (a ``llama_cpp.Llama``) the likeliest-first chain for every constrained call."""
     original = llm._init_sampler
 
-    def init_sampler(top_k: int = 40, top_p: float = 0.95, min_p: float = 0.05, typical_p: float = 1.0,
-                     temp: float = 0.80, repeat_penalty: float = 1.0, frequency_penalty: float = 0.0,
-                     presence_penalty: float = 0.0, grammar: Any = None, logits_processor: Any = None,
-                     mirostat_mode: int = 0, **rest: Any):
+    def init_sampler(**kw: Any):  # Llama.generate and Llama.sample pass every setting by name
+        grammar, temp, top_k = kw["grammar"], kw["temp"], kw["top_k"]
         need = 1 if temp == 0.0 else top_k
-        if grammar is None or logits_processor is not None or mirostat_mode or temp < 0.0 or need <= 0:
-            return original(top_k=top_k, top_p=top_p, min_p=min_p, typical_p=typical_p, temp=temp,
-                            repeat_penalty=repeat_penalty, frequency_penalty=frequency_penalty,
-                            presence_penalty=presence_penalty, grammar=grammar, logits_processor=logits_processor,
-                            mirostat_mode=mirostat_mode, **rest)
+        if grammar is None or kw["logits_processor"] is not None or kw["mirostat_mode"] or temp < 0.0 or need <= 0:
+            return original(**kw)
         chain = _internals.LlamaSampler()  # what Llama._init_sampler builds, plus LikeliestFirst
         chain.add_penalties(n_vocab=llm._n_vocab, penalty_last_n=llm.last_n_tokens_size,
-                            penalty_repeat=repeat_penalty, penalty_freq=frequency_penalty,
-                            penalty_present=presence_penalty)
+                            penalty_repeat=kw["repeat_penalty"], penalty_freq=kw["frequency_penalty"],
+                            penalty_present=kw["presence_penalty"])
         rules = llama_cpp.llama_sampler_init_grammar(llm._model.vocab, grammar._grammar.encode("utf-8"),
                                                      grammar._root.encode("utf-8"))
         chain.add_custom(LikeliestFirst(rules, need))
@@ -79,9 +74,9 @@ def install(llm: Any) -> None:
             chain.add_greedy()
         else:
             chain.add_top_k(top_k)
-            chain.add_typical(typical_p, 1)
-            chain.add_top_p(top_p, 1)
-            chain.add_min_p(min_p, 1)
+            chain.add_typical(kw["typical_p"], 1)
+            chain.add_top_p(kw["top_p"], 1)
+            chain.add_min_p(kw["min_p"], 1)
             chain.add_temp(temp)
             chain.add_dist(llm._seed)
         return chain
