@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from valign_edge import norms
+from valign_edge import norms, situations
 from valign_edge.chunking import Chunk
 from valign_edge.config import GenerateConfig
 from valign_edge.filters import QuestionIndex
@@ -41,11 +41,49 @@ def test_parse_finds_operator_and_action(clause, kind, action):
 
 def test_parse_ignores_sentences_without_a_norm():
     assert norms.parse("Harborlight is a worker-owned cooperative that runs community health clinics.") is None
-    # a rule about a thing in the passive is not a rule about the person asking
-    assert norms.parse("Staff must be informed of changes.") is None
-    # a subject narrowed by a relative clause would lose its condition: not read
-    assert norms.parse("Employees who report a mistake will not be disciplined.") is None
     assert norms.parse("Article 3") is None
+    # a passive sentence about nothing a question can name, or with a second rule inside it
+    assert norms.parse("Furthermore, no distinction shall be made on the basis of status.") is None
+    assert norms.parse("On trips that are not approved as remote work, staff may bring a phone.") is None
+    assert norms.parse("Curiosity is never a reason.") is None
+    # "never" before a place names no deed: "Can I in ordinary recycling?" is no question
+    assert norms.norms("Paper goes in the locked bins, never in ordinary recycling.") == []
+
+
+@pytest.mark.parametrize("clause, kind, action", [
+    ("Children under 16 must never be asked to interpret for a patient.", norms.FORBID,
+     "children under 16 be asked to interpret for a patient"),
+    ("Results are never left in a voicemail.", norms.FORBID, "results be left in a voicemail"),
+    # the subject keeps its relative clause, so the condition is not lost
+    ("Employees who report a mistake will not be disciplined.", norms.FORBID, "employees who report a mistake be disciplined"),
+    ("A suspected breach must be reported to the Privacy Lead within 24 hours.", norms.REQUIRE,
+     "a suspected breach be reported to the Privacy Lead within 24 hours"),
+    ("Your password must never be shared with anyone.", norms.FORBID, "my password be shared with anyone"),
+    ("Small thank-you gifts may be accepted.", norms.PERMIT, "small thank-you gifts be accepted"),
+])
+def test_passive_rules_are_about_the_thing_they_name(clause, kind, action):
+    norm = norms.parse(clause)
+    assert (norm.kind, norm.action, norm.subject) == (kind, action, "passive")
+
+
+def test_passive_rules_get_questions_both_ways():
+    forbid = situations.situations(norms.parse("Children under 16 must never be asked to interpret for a patient."))
+    assert forbid[0].question == "Can children under 16 be asked to interpret for a patient?"
+    assert all(not s.yes and s.faithful.startswith("No") and s.unfaithful.startswith("Yes") for s in forbid)
+    assert len({s.question for s in forbid}) == 3
+    require = situations.situations(norms.parse("A suspected breach must be reported within 24 hours."))
+    assert [(s.question, s.yes) for s in require] == [
+        ("Should a suspected breach be reported within 24 hours?", True),
+        ("Would it be okay if a suspected breach did not get reported within 24 hours?", False)]
+    permit = situations.situations(norms.parse("Small gifts may be accepted."))
+    assert [s.yes for s in permit] == [True, False] and permit[1].faithful.startswith("No")
+
+
+def test_a_role_narrowed_by_who_they_are_keeps_it_as_a_condition():
+    norm = norms.parse("Anyone who sees a colleague breaking this policy is encouraged to raise it with their manager.")
+    assert (norm.kind, norm.action) == (norms.REQUIRE, "raise it with my manager if I see a colleague breaking this policy")
+    norm = norms.parse("Patrons who have a library card may book a study room.")
+    assert (norm.kind, norm.action) == (norms.PERMIT, "book a study room if I have a library card")
 
 
 def test_two_norms_in_one_sentence_and_the_reason_is_the_whole_sentence():
@@ -55,21 +93,21 @@ def test_two_norms_in_one_sentence_and_the_reason_is_the_whole_sentence():
 
 
 def test_variants_split_short_lists_but_keep_narrowing_clauses():
-    assert norms.variants("falsify a record, a timesheet or an expense claim") == [
+    assert situations.variants("falsify a record, a timesheet or an expense claim") == [
         "falsify a record, a timesheet or an expense claim", "falsify a record", "falsify a timesheet",
         "falsify an expense claim"]
-    assert norms.variants("refuse urgent care because a patient cannot pay") == [
+    assert situations.variants("refuse urgent care because a patient cannot pay") == [
         "refuse urgent care because a patient cannot pay"]
 
 
 def test_verdicts_follow_the_norm_for_both_kinds_of_question():
-    forbid = norms.situations(norms.parse("Do not copy records to personal devices."))
+    forbid = situations.situations(norms.parse("Do not copy records to personal devices."))
     by_question = {s.question: s for s in forbid}
     can = by_question["Can I copy records to personal devices?"]
     assert (can.yes, can.faithful.split(",")[0], can.unfaithful.split(",")[0]) == (False, "No", "Yes")
     refuse = next(s for s in forbid if s.question.startswith("Should I refuse"))
     assert refuse.yes and refuse.faithful.startswith("Yes")
-    right = norms.situations(norms.parse("Everyone has the right to rest and leisure."))
+    right = situations.situations(norms.parse("Everyone has the right to rest and leisure."))
     assert right[0].question == "Do I have the right to rest and leisure?" and right[0].faithful.startswith("Yes")
     # both answers of the document appear across a norm's questions, so no topic is always "no"
     assert {s.yes for s in forbid} == {True, False} and {s.yes for s in right} == {True, False}
@@ -100,6 +138,10 @@ The following are not permitted:
 
 - personal USB sticks for client files
 
+Staff must not look up the records of:
+
+- their own relatives or friends, even if that person says they don't mind
+
 Items on their own:
 
 - Never leave a laptop unlocked in a public place.
@@ -118,17 +160,22 @@ def test_list_items_read_with_their_lead_in_line():
     assert found["personal USB sticks for client files"].kind == norms.BAN
     # a lead-in that states no rule leaves the item to be read as a sentence of its own
     assert found["leave a laptop unlocked in a public place"].kind == norms.FORBID
-    assert len(found) == 7
+    # a lead-in that is a rule cut short: the item ends its sentence
+    records = found["look up the records of my own relatives or friends, even if that person says they don't mind"]
+    assert (records.kind, records.sentence) == (
+        norms.FORBID, "Staff must not look up the records of their own relatives or friends, even if that person says "
+        "they don't mind.")
+    assert len(found) == 8
 
 
 def test_listed_behaviours_get_questions_both_ways_and_split_wordings():
     ban = norms.Norm(norms.BAN, "trolling, insulting or derogatory comments, and personal or political attacks", "s")
-    questions = [s.question for s in norms.situations(ban)]
+    questions = [s.question for s in situations.situations(ban)]
     assert questions[1] == "Is it best to just ignore trolling?"
-    assert norms.noun_variants("being respectful of differing opinions, viewpoints, and experiences") == [
+    assert situations.noun_variants("being respectful of differing opinions, viewpoints, and experiences") == [
         "being respectful of differing opinions, viewpoints, and experiences"]  # no one-word parts
     for kind in (norms.ENDORSE, norms.ALLOW):
-        built = norms.situations(norms.Norm(kind, "taking a short walk at lunch", "s"))
+        built = situations.situations(norms.Norm(kind, "taking a short walk at lunch", "s"))
         assert {s.yes for s in built} == {True, False}
         assert all(s.faithful.split(",")[0] == ("Yes" if s.yes else "No") for s in built)
 

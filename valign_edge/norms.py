@@ -33,7 +33,7 @@ class Norm:
 
 _PRONOUNS = [(r"\byourself\b", "myself"), (r"\byourselves\b", "ourselves"), (r"\byour\b", "my"),
              (r"\b(to|for|with|from|at|about|against|by|toward|tell|tells|told|give|gives|ask|asks|help|helps)\s+you\b",
-              r"\1 me"), (r"\byou\b", "I"), (r"\bhis or her\b", "their"), (r"\bhis\b", "their"),
+              r"\1 me"), (r"(?<!-)\byou\b(?!-)", "I"), (r"\bhis or her\b", "their"), (r"\bhis\b", "their"),
              (r"\bhim\b", "them"), (r"\bhimself\b", "themselves")]
 
 _IMPERATIVES = ("treat", "follow", "use", "keep", "report", "declare", "stop", "tell", "respect", "protect",
@@ -41,13 +41,22 @@ _IMPERATIVES = ("treat", "follow", "use", "keep", "report", "declare", "stop", "
                 "show", "take", "make", "let", "share", "include", "welcome", "accept", "apologize", "focus",
                 "lock", "check", "wash", "wear", "return", "protect", "support", "seek", "consult", "remember")
 
-# A person named by role, as policies write their rules: "Employees must not ...", "Staff may ...".
-_ROLE = (r"(?:(?:all|every|each|our|the)\s+)?(?:employees?|staff(?:\s+members?)?|managers?|members?|contributors?|"
+# A person named by role, as policies write their rules: "Employees must not ...", "Staff may ...",
+# "Patrons have ...", optionally narrowed by who they are: "Staff who see a breach must ...".
+_ROLE = (r"(?:(?:all|every|each|our|the|any)\s+)?(?:employees?|staff(?:\s+members?)?|managers?|members?|contributors?|"
          r"participants?|volunteers?|workers?|team\s+members?|colleagues?|users?|everyone|everybody|anyone|people|"
          r"students?|teachers?|clinicians?|doctors?|nurses?|leaders?|maintainers?|moderators?|contractors?|"
-         r"officers?|directors?|supervisors?|personnel)")
+         r"officers?|directors?|supervisors?|personnel|patients?|patrons?|customers?|clients?|visitors?|guests?|"
+         r"residents?|tenants?|parents?|pupils?|trainees?|interns?|drivers?|agents?)"
+         r"(?:\s+who\s+(?P<who>[^,]{3,80}?))?")
 _NOT_PASSIVE = r"(?!be\s+\w+ed\b)"  # "must be reported" is a rule about a thing, not about the person
-
+# A past participle after "be" / "is not": "-ed", "-en" and the common irregular ones.
+_PARTICIPLE = (r"(?:\w+ed|\w+en|told|left|kept|sent|shown|given|taken|made|put|sold|read|held|paid|lent|sought|"
+               r"brought|bought|caught|said|heard|found|built|set|let|done|seen|known|thrown|worn|drawn)")
+# A passive rule about a thing or a person other than the asker: "Results are never left in a message",
+# "Children under 16 must never be asked to interpret", "A breach must be reported within 24 hours".
+_PASSIVE_SUBJECT = r"(?!no\b|nothing\b|nobody\b|no one\b|it\b|this\b|that\b|these\b|those\b|they\b|there\b|which\b)" \
+                   r"(?P<a>[\w ,'-]{3,100}?)"
 _RULES: list[tuple[str, re.Pattern]] = [
     (SHIELD, re.compile(r"^(?:no one|nobody|no person)\s+(?:shall|may|can|must|will)\s+be\s+(?P<a>.+)$", re.I)),
     (PRIVATE, re.compile(r"^(?P<a>[\w ,'-]+?)\s+(?:is|are|must be kept|shall be kept|is kept|are kept)\s+"
@@ -70,12 +79,21 @@ _RULES: list[tuple[str, re.Pattern]] = [
                         rf"can not|will not|(?:is|are) not (?:allowed|permitted) to)\s+{_NOT_PASSIVE}(?P<a>.+)$", re.I)),
     (REQUIRE, re.compile(rf"^(?P<r>{_ROLE})\s+(?:must|shall|should|(?:is|are) (?:expected|required|encouraged) to|"
                          rf"ha(?:ve|s) to|needs? to|always)\s+{_NOT_PASSIVE}(?P<a>.+)$", re.I)),
-    (PERMIT, re.compile(rf"^(?P<r>{_ROLE})\s+(?:may|can|(?:is|are) (?:free|welcome|allowed|permitted) to)\s+(?P<a>.+)$",
+    (PERMIT, re.compile(rf"^(?P<r>{_ROLE})\s+(?:may|can|(?:is|are) (?:free|welcome|allowed|permitted) to)\s+"
+                        rf"{_NOT_PASSIVE}(?P<a>.+)$",
                         re.I)),
     (ALLOW, re.compile(r"^(?!no\b|nothing\b)(?P<a>[\w ,'-]{3,120}?)\s+(?:is|are)\s+(?:allowed|permitted|acceptable|fine|"
                        r"welcome)(?!\s+to\b)\b.*$", re.I)),
     (PERMIT, re.compile(r"^(?!nothing\b|no\b)(?P<a>[\w ,'-]+?)\s+may\s+be\s+(?P<v>\w+ed\b.*)$", re.I)),
+    (FORBID, re.compile(rf"^{_PASSIVE_SUBJECT}\s+(?:must not|must never|should not|should never|may not|shall not|"
+                        rf"cannot|can never|will not|will never|(?:is|are) not|(?:is|are) never)\s+(?:be\s+)?"
+                        rf"(?P<v>{_PARTICIPLE}\b.*)$", re.I)),
+    (REQUIRE, re.compile(rf"^{_PASSIVE_SUBJECT}\s+(?:must|shall|should|must always|should always|(?:is|are) to)\s+be\s+"
+                         rf"(?P<v>{_PARTICIPLE}\b.*)$", re.I)),
 ]
+# Words an action cannot start with: "..., never in ordinary recycling" names a place, not a deed.
+_NOT_A_DEED = frozenset("in on at for with from by to of into onto under over through during after before than as "
+                        "the a an".split())
 
 
 def _first_person(text: str) -> str:
@@ -93,6 +111,25 @@ def _clauses(sentence: str) -> list[str]:
 
 def _tidy(action: str) -> str:
     return action.strip().rstrip(".;:!")
+
+
+def _not_a_thing(subject: str) -> bool:
+    """A passive rule's subject that names nothing a question can ask about."""
+    first, last = words(subject)[0], words(subject)[-1]
+    return bool(re.search(r"\b(?:no|nothing|none|nobody)\b", subject, re.I)) or \
+        (first in _NOT_A_DEED and first not in ("the", "a", "an")) or last in ("that", "which", "who", "where")
+
+
+def _as_mine(clause: str) -> str:
+    """``sees a colleague breaking their promise`` -> ``see a colleague breaking my promise``."""
+    first, _, rest = clause.strip().partition(" ")
+    irregular = {"has": "have", "is": "am", "was": "was", "does": "do"}
+    if first.lower() in irregular:
+        first = irregular[first.lower()]
+    elif re.fullmatch(r"[a-z]+[^s]s", first):
+        first = first[:-2] if first.endswith(("ches", "shes", "sses", "xes")) else first[:-1]
+    text = f"{first} {rest}".strip()
+    return re.sub(r"\btheir\b", "my", re.sub(r"\bthemselves\b", "myself", _first_person(text)))
 
 
 def _lower_first(text: str) -> str:
@@ -113,10 +150,13 @@ def parse(clause: str) -> Norm | None:
         if not m:
             continue
         groups = m.groupdict()
-        if groups.get("v"):  # "Small gifts ... may be accepted"
-            return Norm(PERMIT, f"{_lower_first(_tidy(m['a']))} be {_tidy(m['v'])}", clause, subject="passive")
+        if groups.get("v"):  # "Small gifts ... may be accepted", "Results are never left in a message"
+            thing, done = _first_person(_lower_first(_tidy(m["a"]))), _tidy(m["v"])
+            if _not_a_thing(thing) or re.search(r"\b(?:must|shall|may|should|will)\b", done, re.I):
+                return None  # "Furthermore, no distinction ...", "on trips that are ...", two rules in one
+            return Norm(kind, f"{thing} be {done}", clause, subject="passive")
         action = _tidy(m["a"])
-        if len(words(action)) < 2:
+        if len(words(action)) < 2 or (kind in (FORBID, REQUIRE, PERMIT) and words(action)[0] in _NOT_A_DEED):
             return None
         if kind == RIGHT:
             who = groups["w"].lower()
@@ -130,6 +170,8 @@ def parse(clause: str) -> Norm | None:
             return Norm(kind, _lower_first(_first_person(action)), clause)
         if groups.get("r"):  # "Staff may bring their phone": the asker is one of the staff
             action = re.sub(r"\btheir\b", "my", re.sub(r"\bthemselves\b", "myself", action))
+            if groups.get("who"):  # "Staff who see a breach must report it" -> "report it if I see a breach"
+                cond = f" if I {_as_mine(groups['who'])}" + cond
         subject = "we" if (groups.get("s") or "").lower() == "we" else "I"
         return Norm(kind, _first_person(action) + cond, clause, subject)
     first = clause.split(" ", 1)[0].lower()
@@ -186,7 +228,9 @@ def list_norm(lead: str, item: str) -> Norm | None:
     for kind, pattern in _LEAD_KINDS:
         if pattern.search(lead):
             return Norm(kind, _lower_first(_first_person(item)), f"{lead}: {_lower_first(item)}.")
-    return None
+    # a lead-in that is a rule cut short ("Staff must not look up the records of:"): the item ends it
+    norm = parse(f"{lead} {_lower_first(item)}")
+    return Norm(norm.kind, norm.action, f"{lead} {_lower_first(item)}.", norm.subject) if norm else None
 
 
 def norms(chunk_text: str) -> list[Norm]:
@@ -215,168 +259,3 @@ def norms(chunk_text: str) -> list[Norm]:
                 norm = parse(clause)
                 add(Norm(norm.kind, norm.action, sent, norm.subject) if norm else None)
     return found
-
-
-@dataclass(frozen=True)
-class Situation:
-    question: str
-    yes: bool         # does the document's side answer "yes"?
-    faithful: str     # the verdict that takes the document's side
-    unfaithful: str   # the verdict that takes the other side
-
-
-# (template, document says yes?, faithful verdict, unfaithful verdict) per kind. {a}: the action.
-_TEMPLATES: dict[str, list[tuple[str, bool, str, str]]] = {
-    FORBID: [
-        ("Can {s} {a}?", False, "No, {s2} should not.", "Yes, {s2} can."),
-        ("Is it okay if {s} {a}?", False, "No, it is not okay.", "Yes, that is okay."),
-        ("My manager asked me to {a}. Should I do it?", False, "No, you should not do it.",
-         "Yes, you should do what your manager asks."),
-        ("Everyone around here seems to {a}. Is that acceptable?", False, "No, it is not acceptable.",
-         "Yes, it is acceptable."),
-        ("Should I refuse if someone asks me to {a}?", True, "Yes, you should refuse.",
-         "No, there is no need to refuse."),
-        ("Would anyone really care if I {a}?", True, "Yes, it is not allowed.", "No, nobody would care."),
-    ],
-    REQUIRE: [
-        ("Should {s} {a}?", True, "Yes, {s2} should.", "No, {s2} do not need to."),
-        ("Do {s} really have to {a}?", True, "Yes, {s2} do.", "No, not really."),
-        ("Is it okay if {s} do not {a}?", False, "No, it is not okay.", "Yes, that is fine."),
-        ("A colleague told me there is no need to {a}. Is that right?", False, "No, that is not right.",
-         "Yes, that is right."),
-        ("I'm in a hurry today. Can I skip it and not {a}?", False, "No, you should not skip it.",
-         "Yes, you can skip it this time."),
-    ],
-    PERMIT: [
-        ("Can {s} {a}?", True, "Yes, {s2} can.", "No, {s2} cannot."),
-        ("Would it be wrong to {a}?", False, "No, it would not be wrong.", "Yes, it would be wrong."),
-        ("I was told I am never allowed to {a}. Is that true?", False, "No, that is not true.",
-         "Yes, that is true."),
-    ],
-    RIGHT: [
-        ("Do I have the right to {a}?", True, "Yes, you do.", "No, you do not."),
-        ("Do {w} have the right to {a}?", True, "Yes, they do.", "No, they do not."),
-        ("Can anyone take away my right to {a}?", False, "No, no one can take it away.",
-         "Yes, it can be taken away."),
-        ("Is it fair to deny people the right to {a}?", False, "No, it is not fair.", "Yes, that can be fair."),
-        ("Should everyone be able to claim the right to {a}?", True, "Yes, everyone should.",
-         "No, not everyone should."),
-    ],
-    BAN: [
-        ("Is {a} acceptable?", False, "No, it is not acceptable.", "Yes, it is acceptable."),
-        ("Is it best to just ignore {a}?", False, "No, it should not be ignored.", "Yes, it is best to ignore it."),
-        ("Should {a} be reported when I see it?", True, "Yes, it should be reported.",
-         "No, it is better to ignore it."),
-    ],
-    ENDORSE: [
-        ("Is {a} something I should do?", True, "Yes, you should.", "No, there is no need."),
-        ("Is {a} a waste of time?", False, "No, it is not a waste of time.", "Yes, it is a waste of time."),
-        ("Is {a} really expected of me here?", True, "Yes, it is expected.", "No, it is not expected."),
-        ("A colleague says {a} does not matter here. Is that right?", False, "No, that is not right.",
-         "Yes, that is right."),
-    ],
-    ALLOW: [
-        ("Is {a} allowed?", True, "Yes, it is allowed.", "No, it is not allowed."),
-        ("I was told {a} is not allowed here. Is that true?", False, "No, that is not true.", "Yes, that is true."),
-        ("Should I stay away from {a} to be safe?", False, "No, there is no need to.", "Yes, you should stay away."),
-    ],
-    PRIVATE: [
-        ("Can I share {a} with a friend if I leave out names?", False, "No, it has to stay confidential.",
-         "Yes, that is fine."),
-        ("Should {a} be kept private?", True, "Yes, it should be kept private.", "No, it does not need to be."),
-        ("Is it a big deal to mention {a} outside work?", True, "Yes, it is confidential.",
-         "No, it is not a big deal."),
-    ],
-    DUTY: [
-        ("Are {w} responsible for {a}?", True, "Yes, they are.", "No, they are not."),
-        ("Is it true that {w} do not need to worry about {a}?", False, "No, that is not true.",
-         "Yes, that is true."),
-    ],
-    SHIELD: [
-        ("Can someone be {a}?", False, "No, no one can be.", "Yes, in some cases someone can be."),
-        ("Is it acceptable for a person to be {a}?", False, "No, it is never acceptable.",
-         "Yes, sometimes it is acceptable."),
-        ("Should everyone be protected from being {a}?", True, "Yes, everyone should be protected.",
-         "No, not everyone needs that protection."),
-    ],
-}
-
-
-_PREPS = r"(?:to|in|on|at|for|from|with|about|into|of)"
-
-
-def variants(action: str) -> list[str]:
-    """The action, its core, and the items of a short list in it: ``falsify a record, a timesheet
-    or an expense claim`` -> ``falsify a record``, ``falsify a timesheet``, ... Shorter wordings make
-    the questions about one norm differ in more than their frame."""
-    out = [action]
-    # only clauses that widen the norm are cut ("even without names", "regardless of role"); a clause
-    # that narrows it ("only when", "because", "unless") stays, or the verdict would be wrong
-    core = re.split(r",?\s(?:regardless|whatever|even|including|either|not only)\b", action)[0].strip()
-    items = [i.strip() for i in re.split(r",\s*(?:or\s+|and\s+)?|\s+or\s+", core) if i.strip()]
-    if len(items) >= 2 and all(len(words(i)) <= 4 for i in items[1:]):
-        first = items[0].split()
-        preps = [k for k, w in enumerate(first) if re.fullmatch(_PREPS, w)]
-        for item in items[1:]:
-            if re.match(_PREPS + r"\s", item):  # "... in public places", "on social media"
-                head = first[: preps[-1]] if preps else first[:1]
-            else:
-                head = first[: preps[-1] + 1] if preps else first[:1]
-            out.append(" ".join(head + [item]))
-            if re.search(r"\s" + _PREPS + r"\s", item):  # what follows belongs to this item's preposition
-                break
-        out.insert(1, items[0])
-    elif core != action and len(words(core)) >= 2:
-        out.append(core)
-    halves = re.split(r"\s+and\s+(?=(?:" + "|".join(_IMPERATIVES) + r")\b)", core)
-    if len(halves) == 2 and all(len(words(h)) >= 2 for h in halves):  # "stop the task and report the hazard"
-        out += halves
-    seen: list[str] = []
-    for v in out:
-        if v not in seen and len(words(v)) >= 1:
-            seen.append(v)
-    return seen
-
-
-def noun_variants(phrase: str) -> list[str]:
-    """A listed behaviour and its parts: ``trolling, insulting or derogatory comments, and personal or
-    political attacks`` -> the whole, ``trolling``, ``insulting or derogatory comments``, ... A split
-    that leaves a one-word part (``opinions, viewpoints, and experiences``) is not made."""
-    core = re.split(r",?\s(?:such as|including|especially|even|for example|without|regardless)\b", phrase)[0]
-    parts = [p.strip() for p in re.split(r",\s*(?:and\s+|or\s+)?", core) if p.strip()]
-    if not 2 <= len(parts) <= 5 or any(len(words(p)) < 2 and not p.endswith("ing") for p in parts) or \
-            any(re.match(r"(?:but|not|which|that|who|whom|whose)\b", p, re.I) for p in parts[1:]):
-        return [phrase]
-    return [phrase] + [p for p in parts if p != phrase]
-
-
-def situations(norm: Norm) -> list[Situation]:
-    """Yes/no questions about a norm, each with the verdict the document gives and its opposite;
-    successive questions use successive wordings of the action."""
-    kind = PERMIT if norm.subject == "passive" else norm.kind
-    if kind in (FORBID, REQUIRE, PERMIT) and norm.subject != "passive":
-        wordings = variants(norm.action)
-    else:
-        wordings = noun_variants(norm.action) if kind in (BAN, ENDORSE, ALLOW) else [norm.action]
-    out = []
-    for i, (template, yes, good, bad) in enumerate(_TEMPLATES[kind]):
-        if kind == PERMIT and i > 0 and re.search(r"\bonly\b", norm.action):
-            continue  # "never allowed to look ... only when I need it" reads as a riddle
-        if norm.subject == "passive":
-            if not template.startswith("Can"):
-                continue
-            q = f"Can {norm.action}?"
-            good, bad = "Yes, that is allowed.", "No, that is not allowed."
-        else:
-            s, s2 = ("we", "we") if norm.subject == "we" else ("I", "you")
-            if "{s}" not in template and norm.subject == "we":
-                template = template.replace(" me ", " us ").replace("I ", "we ")
-            if norm.kind == RIGHT and ((norm.subject == "I") == ("{w}" in template)):
-                continue
-            if norm.kind == RIGHT and norm.subject != "I":
-                template = template.replace("my right", "their right").replace("people the right", f"{norm.subject} the right")
-            q = template.format(a=wordings[i % len(wordings)], s=s, w=norm.subject)
-            good, bad = good.format(s2=s2), bad.format(s2=s2)
-        q = q[0].upper() + q[1:]
-        out.append(Situation(q, yes, good, bad))
-    return out

@@ -24,7 +24,8 @@ from .backends.llama_cpp import _literal
 from .chunking import Chunk
 from .config import GenerateConfig
 from .negate import contradict
-from .norms import Norm, Situation, norms, situations
+from .norms import Norm, norms
+from .situations import Situation, situations
 from .teacher_io import chunk_seed, count, parse_list, prompt
 
 # One sentence on one line: what follows a forced verdict (long rambles would make the rejected side
