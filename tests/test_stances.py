@@ -55,7 +55,8 @@ def test_parse_ignores_sentences_without_a_norm():
      "children under 16 be asked to interpret for a patient"),
     ("Results are never left in a voicemail.", norms.FORBID, "results be left in a voicemail"),
     # the subject keeps its relative clause, so the condition is not lost
-    ("Employees who report a mistake will not be disciplined.", norms.FORBID, "employees who report a mistake be disciplined"),
+    ("Employees who report a mistake will not be disciplined.", norms.FORBID,
+     "employees who report a mistake be disciplined"),
     ("A suspected breach must be reported to the Privacy Lead within 24 hours.", norms.REQUIRE,
      "a suspected breach be reported to the Privacy Lead within 24 hours"),
     ("Your password must never be shared with anyone.", norms.FORBID, "my password be shared with anyone"),
@@ -81,9 +82,15 @@ def test_passive_rules_get_questions_both_ways():
 
 def test_a_role_narrowed_by_who_they_are_keeps_it_as_a_condition():
     norm = norms.parse("Anyone who sees a colleague breaking this policy is encouraged to raise it with their manager.")
-    assert (norm.kind, norm.action) == (norms.REQUIRE, "raise it with my manager if I see a colleague breaking this policy")
+    assert (norm.kind, norm.action) == (norms.REQUIRE,
+                                        "raise it with my manager if I see a colleague breaking this policy")
     norm = norms.parse("Patrons who have a library card may book a study room.")
     assert (norm.kind, norm.action) == (norms.PERMIT, "book a study room if I have a library card")
+    # two roles at once, and "you are encouraged to"
+    norm = norms.parse("Staff and volunteers must never drive a child anywhere.")
+    assert (norm.kind, norm.action) == (norms.FORBID, "drive a child anywhere")
+    norm = norms.parse("If you see a breach, you are encouraged to raise it with your manager.")
+    assert (norm.kind, norm.action) == (norms.REQUIRE, "raise it with my manager if I see a breach")
 
 
 def test_two_norms_in_one_sentence_and_the_reason_is_the_whole_sentence():
@@ -142,6 +149,10 @@ Staff must not look up the records of:
 
 - their own relatives or friends, even if that person says they don't mind
 
+Working from another place:
+
+- Working abroad without approval is not permitted.
+
 Items on their own:
 
 - Never leave a laptop unlocked in a public place.
@@ -165,7 +176,9 @@ def test_list_items_read_with_their_lead_in_line():
     assert (records.kind, records.sentence) == (
         norms.FORBID, "Staff must not look up the records of their own relatives or friends, even if that person says "
         "they don't mind.")
-    assert len(found) == 8
+    # a lead-in that is a label leaves the item a sentence of its own
+    assert found["working abroad without approval"].kind == norms.BAN
+    assert len(found) == 9
 
 
 def test_listed_behaviours_get_questions_both_ways_and_split_wordings():

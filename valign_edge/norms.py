@@ -43,11 +43,12 @@ _IMPERATIVES = ("treat", "follow", "use", "keep", "report", "declare", "stop", "
 
 # A person named by role, as policies write their rules: "Employees must not ...", "Staff may ...",
 # "Patrons have ...", optionally narrowed by who they are: "Staff who see a breach must ...".
-_ROLE = (r"(?:(?:all|every|each|our|the|any)\s+)?(?:employees?|staff(?:\s+members?)?|managers?|members?|contributors?|"
-         r"participants?|volunteers?|workers?|team\s+members?|colleagues?|users?|everyone|everybody|anyone|people|"
-         r"students?|teachers?|clinicians?|doctors?|nurses?|leaders?|maintainers?|moderators?|contractors?|"
-         r"officers?|directors?|supervisors?|personnel|patients?|patrons?|customers?|clients?|visitors?|guests?|"
-         r"residents?|tenants?|parents?|pupils?|trainees?|interns?|drivers?|agents?)"
+_ONE_ROLE = (r"(?:employees?|staff(?:\s+members?)?|managers?|members?|contributors?|participants?|volunteers?|"
+             r"workers?|team\s+members?|colleagues?|users?|everyone|everybody|anyone|people|students?|teachers?|"
+             r"clinicians?|doctors?|nurses?|leaders?|maintainers?|moderators?|contractors?|officers?|directors?|"
+             r"supervisors?|personnel|patients?|patrons?|customers?|clients?|visitors?|guests?|residents?|tenants?|"
+             r"parents?|pupils?|trainees?|interns?|drivers?|agents?)")
+_ROLE = (rf"(?:(?:all|every|each|our|the|any)\s+)?{_ONE_ROLE}(?:\s+(?:and|or)\s+(?:(?:all|our|the)\s+)?{_ONE_ROLE})?"
          r"(?:\s+who\s+(?P<who>[^,]{3,80}?))?")
 _NOT_PASSIVE = r"(?!be\s+\w+ed\b)"  # "must be reported" is a rule about a thing, not about the person
 # A past participle after "be" / "is not": "-ed", "-en" and the common irregular ones.
@@ -72,8 +73,8 @@ _RULES: list[tuple[str, re.Pattern]] = [
     (BAN, re.compile(r"^(?P<a>.+?)\s+shall\s+be\s+prohibited\b.*$", re.I)),
     (FORBID, re.compile(r"^(?:(?P<s>we|you)\s+)?(?:must not|must never|shall not|should not|should never|"
                         r"may not|cannot|can not|never|do not|don't|will not|won't)\s+(?P<a>.+)$", re.I)),
-    (REQUIRE, re.compile(r"^(?P<s>we|you)\s+(?:must|shall|should|are expected to|are required to|have to|"
-                         r"need to|always)\s+(?P<a>.+)$", re.I)),
+    (REQUIRE, re.compile(r"^(?P<s>we|you)\s+(?:must|shall|should|are expected to|are required to|"
+                         r"are encouraged to|have to|need to|always)\s+(?P<a>.+)$", re.I)),
     (PERMIT, re.compile(r"^(?P<s>you|we)\s+(?:may|can|are free to|are welcome to)\s+(?P<a>.+)$", re.I)),
     (FORBID, re.compile(rf"^(?P<r>{_ROLE})\s+(?:must not|must never|should not|should never|may not|shall not|cannot|"
                         rf"can not|will not|(?:is|are) not (?:allowed|permitted) to)\s+{_NOT_PASSIVE}(?P<a>.+)$", re.I)),
@@ -229,6 +230,8 @@ def list_norm(lead: str, item: str) -> Norm | None:
         if pattern.search(lead):
             return Norm(kind, _lower_first(_first_person(item)), f"{lead}: {_lower_first(item)}.")
     # a lead-in that is a rule cut short ("Staff must not look up the records of:"): the item ends it
+    if not re.search(r"\b(?:must|shall|should|may|cannot|never)\b", lead, re.I):
+        return None  # a label ("Working from another place:"): the item is read on its own
     norm = parse(f"{lead} {_lower_first(item)}")
     return Norm(norm.kind, norm.action, f"{lead} {_lower_first(item)}.", norm.subject) if norm else None
 
