@@ -2,9 +2,10 @@
 
 A 135M teacher cannot tell whether a document allows what a question asks about, so the verdict
 is known by construction instead: a clause is parsed for its operator (``never``, ``must not``,
-``has the right to``, ``may``, an imperative, ...) and its action, and questions are built that
-ask about doing the action (or refusing it). The document's own clause is the reason given in
-the faithful answer; the teacher later rephrases the questions and argues the other side.
+``has the right to``, ``may``, an imperative, a passive rule, ...) and its action, and questions are
+built (``situations``) that ask about doing the action (or refusing it). The document's own clause is
+the reason given in the faithful answer; the teacher later rephrases the questions and argues the
+other side.
 """
 
 from __future__ import annotations
@@ -116,7 +117,10 @@ def _tidy(action: str) -> str:
 
 def _not_a_thing(subject: str) -> bool:
     """A passive rule's subject that names nothing a question can ask about."""
-    first, last = words(subject)[0], words(subject)[-1]
+    found = words(subject)
+    if not found:
+        return True
+    first, last = found[0], found[-1]
     return bool(re.search(r"\b(?:no|nothing|none|nobody)\b", subject, re.I)) or \
         (first in _NOT_A_DEED and first not in ("the", "a", "an")) or last in ("that", "which", "who", "where")
 
