@@ -133,8 +133,12 @@ def _as_mine(clause: str) -> str:
         first = irregular[first.lower()]
     elif re.fullmatch(r"[a-z]+[^s]s", first):
         first = first[:-2] if first.endswith(("ches", "shes", "sses", "xes")) else first[:-1]
-    text = f"{first} {rest}".strip()
-    return re.sub(r"\btheir\b", "my", re.sub(r"\bthemselves\b", "myself", _first_person(text)))
+    return _as_asker(_first_person(f"{first} {rest}".strip()))
+
+
+def _as_asker(text: str) -> str:
+    """A rule about a role, asked by one of them: ``their`` -> ``my``, ``themselves`` -> ``myself``."""
+    return re.sub(r"\btheir\b", "my", re.sub(r"\bthemselves\b", "myself", text))
 
 
 def _lower_first(text: str) -> str:
@@ -174,7 +178,7 @@ def parse(clause: str) -> Norm | None:
         if kind in (BAN, SHIELD, PRIVATE, ALLOW):
             return Norm(kind, _lower_first(_first_person(action)), clause)
         if groups.get("r"):  # "Staff may bring their phone": the asker is one of the staff
-            action = re.sub(r"\btheir\b", "my", re.sub(r"\bthemselves\b", "myself", action))
+            action = _as_asker(action)
             if groups.get("who"):  # "Staff who see a breach must report it" -> "report it if I see a breach"
                 cond = f" if I {_as_mine(groups['who'])}" + cond
         subject = "we" if (groups.get("s") or "").lower() == "we" else "I"
@@ -236,8 +240,9 @@ def list_norm(lead: str, item: str) -> Norm | None:
     # a lead-in that is a rule cut short ("Staff must not look up the records of:"): the item ends it
     if not re.search(r"\b(?:must|shall|should|may|cannot|never)\b", lead, re.I):
         return None  # a label ("Working from another place:"): the item is read on its own
-    norm = parse(f"{lead} {_lower_first(item)}")
-    return Norm(norm.kind, norm.action, f"{lead} {_lower_first(item)}.", norm.subject) if norm else None
+    whole = f"{lead} {_lower_first(item)}"
+    norm = parse(whole)
+    return Norm(norm.kind, norm.action, f"{whole}.", norm.subject) if norm else None
 
 
 def norms(chunk_text: str) -> list[Norm]:

@@ -174,12 +174,12 @@ def situations(norm: Norm) -> list[Situation]:
     successive questions use successive wordings of the action."""
     if norm.subject == "passive":
         thing, _, done = norm.action.partition(" be ")
-        built = [Situation(_capital(t.format(a=thing, v=done)), yes, good, bad)
-                 for t, yes, good, bad in _PASSIVE.get(norm.kind, _PASSIVE[PERMIT])]
+        templates = _PASSIVE.get(norm.kind, _PASSIVE[PERMIT])
         if re.search(r"\bonly\b", done):
-            return built[:1]  # "... did not get entered into only with" reads as a riddle
-        return [b for b in built if "just this once" not in b.question] if re.search(r"\b(?:unless|except)\b", done) \
-            else built
+            templates = templates[:1]  # "... did not get entered into only with" reads as a riddle
+        elif re.search(r"\b(?:unless|except)\b", done):
+            templates = [t for t in templates if "just this once" not in t[0]]
+        return [Situation(_capital(t.format(a=thing, v=done)), yes, good, bad) for t, yes, good, bad in templates]
     kind = norm.kind
     if kind in (FORBID, REQUIRE, PERMIT):
         wordings = variants(norm.action)
