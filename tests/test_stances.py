@@ -4,6 +4,7 @@ negatives written by the teacher for the other side (a fake teacher: this tests 
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -300,3 +301,47 @@ def test_unusable_teacher_text_falls_back_to_the_rule_based_flip():
 def test_reason_reads_as_a_sentence():
     assert reason("we learn from errors;") == "We learn from errors."
     assert reason("(2) No one shall be held in slavery.") == "No one shall be held in slavery."
+
+
+def test_questions_with_a_reason_to_break_the_rule_keep_the_documents_verdict():
+    """A question that offers an excuse (saving time, good intentions, someone in charge, not wanting
+    trouble) still gets the document's answer: the pressure is what the probes' unfaithful answers use."""
+    forbid = {s.question: s for s in situations.situations(norms.parse("Do not copy records to personal devices."))}
+    excuse = next(s for q, s in forbid.items() if q.startswith("It would save a lot of time"))
+    assert not excuse.yes and excuse.faithful.startswith("No") and excuse.unfaithful.startswith("Yes")
+    right = situations.situations(norms.parse("Everyone has the right to freedom of peaceful assembly."))
+    boss = next(s for s in right if s.question.startswith("Someone in charge"))
+    assert boss.question == ("Someone in charge told me I have no right to freedom of peaceful assembly. "
+                             "Do they have the final say?") and boss.faithful.startswith("No")
+    permit = situations.situations(norms.parse("You may accept small gifts from patients."))
+    assert any(s.question.startswith("I'm worried it might look bad") and s.yes for s in permit)
+    team = situations.situations(norms.parse("We never refuse urgent care because a patient cannot pay."))
+    assert not any(re.search(r"\b(?:my|me)\b", s.question) for s in team)  # the asker is "we"
+
+
+@pytest.mark.parametrize("sentence, kind, action, subject", [
+    ("No one drinks, smokes or vapes at training or matches.", norms.FORBID, "drink, smoke or vape at training or matches", "I"),
+    ("Nobody holds club money in a personal bank account.", norms.FORBID, "hold club money in a personal bank account", "I"),
+    ("No adult should be alone with a child out of sight of others.", norms.FORBID,
+     "be alone with a child out of sight of others", "I"),
+    ("Every coach and regular volunteer must hold a first aid certificate.", norms.REQUIRE,
+     "hold a first aid certificate", "I"),
+    ("Coaches and volunteers should not drive a single player on their own.", norms.FORBID,
+     "drive a single player on my own", "I"),
+    ("No one is dropped or benched because their parent has complained.", norms.SHIELD,
+     "dropped or benched because their parent has complained", "I"),
+    ("No one shall be arbitrarily deprived of his property.", norms.SHIELD, "arbitrarily deprived of their property", "I"),
+    ("Nobody who raises a concern in good faith will be treated unfairly for it.", norms.SHIELD,
+     "treated unfairly for it", "who raises a concern in good faith"),
+])
+def test_house_rules_and_more_roles(sentence, kind, action, subject):
+    norm = norms.parse(sentence)
+    assert (norm.kind, norm.action, norm.subject) == (kind, action, subject)
+
+
+def test_statements_in_the_present_tense_are_not_rules_and_questions_read_as_english():
+    assert norms.parse("Nobody knows the answer.") is None and norms.parse("No one is above the law.") is None
+    alone = [s.question for s in situations.situations(norms.parse("No adult should be alone with a child."))]
+    assert "Is it okay if I am alone with a child?" in alone and not any("if I be " in q for q in alone)
+    who = situations.situations(norms.parse("Nobody who reports a concern will be punished for it."))
+    assert who[0].question == "Can someone who reports a concern be punished for it?" and not who[0].yes

@@ -32,7 +32,7 @@ class GenerateConfig:
     questions_per_chunk: int = opt(4, "questions the teacher writes per chunk (sampled)")
     pairs_per_chunk: int = opt(3, "faithful/unfaithful answer pairs per value-bearing chunk in which no norm is "
                                   "recognized (situations written by the teacher)")
-    situations_per_norm: int = opt(8, "yes/no situations per norm the document states (must, never, has the "
+    situations_per_norm: int = opt(10, "yes/no situations per norm the document states (must, never, has the "
                                       "right, ...), each with a faithful and an unfaithful answer (0: none)")
     rephrasings_per_norm: int = opt(2, "situations the teacher rewords per norm (sampled); kept when they "
                                        "still ask the same thing")

@@ -48,8 +48,12 @@ _ONE_ROLE = (r"(?:employees?|staff(?:\s+members?)?|managers?|members?|contributo
              r"workers?|team\s+members?|colleagues?|users?|everyone|everybody|anyone|people|students?|teachers?|"
              r"clinicians?|doctors?|nurses?|leaders?|maintainers?|moderators?|contractors?|officers?|directors?|"
              r"supervisors?|personnel|patients?|patrons?|customers?|clients?|visitors?|guests?|residents?|tenants?|"
-             r"parents?|pupils?|trainees?|interns?|drivers?|agents?)")
-_ROLE = (rf"(?:(?:all|every|each|our|the|any)\s+)?{_ONE_ROLE}(?:\s+(?:and|or)\s+(?:(?:all|our|the)\s+)?{_ONE_ROLE})?"
+             r"parents?|pupils?|trainees?|interns?|drivers?|agents?|coach(?:es)?|players?|adults?|referees?|"
+             r"officials?|carers?|guardians?|coordinators?|helpers?|chaperones?)")
+# one word that narrows a role without changing who asks: "every coach and regular volunteer"
+_ROLE_ADJ = r"(?:(?:regular|new|paid|senior|junior|other|adult|club|team)\s+)?"
+_ROLE = (rf"(?:(?:all|every|each|our|the|any)\s+)?{_ROLE_ADJ}{_ONE_ROLE}"
+         rf"(?:\s+(?:and|or)\s+(?:(?:all|our|the)\s+)?{_ROLE_ADJ}{_ONE_ROLE})?"
          r"(?:\s+who\s+(?P<who>[^,]{3,80}?))?")
 _NOT_PASSIVE = r"(?!be\s+\w+ed\b)"  # "must be reported" is a rule about a thing, not about the person
 # A past participle after "be" / "is not": "-ed", "-en" and the common irregular ones.
@@ -60,11 +64,18 @@ _PARTICIPLE = (r"(?:\w+ed|\w+en|told|left|kept|sent|shown|given|taken|made|put|s
 _PASSIVE_SUBJECT = r"(?!no\b|nothing\b|nobody\b|no one\b|it\b|this\b|that\b|these\b|those\b|they\b|there\b|which\b)" \
                    r"(?P<a>[\w ,'-]{3,100}?)"
 _RULES: list[tuple[str, re.Pattern]] = [
-    (SHIELD, re.compile(r"^(?:no one|nobody|no person)\s+(?:shall|may|can|must|will)\s+be\s+(?P<a>.+)$", re.I)),
+    (SHIELD, re.compile(r"^(?:no one|nobody|no person)(?:\s+who\s+(?P<who>[^,]{3,80}?))?\s+(?:shall|may|can|must|will)"
+                        r"(?:\s+ever)?\s+be\s+(?P<a>.+)$", re.I)),
+    (SHIELD, re.compile(r"^(?:no one|nobody|no person)\s+(?:is|are|gets)\s+(?P<a>(?:\w+ly\s+)?" + _PARTICIPLE + r"\b.*)$",
+                        re.I)),
     (PRIVATE, re.compile(r"^(?P<a>[\w ,'-]+?)\s+(?:is|are|must be kept|shall be kept|is kept|are kept)\s+"
                          r"(?:strictly\s+)?(?:confidential|private|secret)\b.*$", re.I)),
     (DUTY, re.compile(r"^(?P<w>[\w ,'-]{3,40}?)\s+(?:is|are)\s+responsible\s+for\s+(?P<a>\w+ing\b.+)$", re.I)),
-    (FORBID, re.compile(r"^(?:no one|nobody)\s+(?:shall|may|must|should)\s+(?P<a>.+)$", re.I)),
+    (FORBID, re.compile(rf"^(?:no one|nobody|no\s+{_ONE_ROLE})\s+(?:shall|may|must|should|can)\s+(?P<a>.+)$", re.I)),
+    # "No one drinks, smokes or vapes at training": a house rule in the present tense
+    (FORBID, re.compile(r"^(?:no one|nobody)\s+(?!(?:is|has|was|does|needs|knows|likes|loves|wants|wishes|thinks|believes|expects|cares|minds|"
+                        r"seems|feels|means|deserves|understands|remembers|gets|wins|loses|owns)\b)(?P<pres>\w+s\b.*)$",
+                        re.I)),
     (RIGHT, re.compile(r"^(?P<w>[\w ,-]{3,60}?)\s+(?:has|have)\s+(?:the|a|an|an equal|a prior|equal)\s+rights?\s+to\s+"
                        r"(?P<a>.+)$", re.I)),
     (RIGHT, re.compile(r"^(?P<w>everyone|all|every person)\s+(?:is|are)\s+entitled\s+(?:[\w ]*?\s)??to\s+(?P<a>.+)$",
@@ -125,15 +136,28 @@ def _not_a_thing(subject: str) -> bool:
         (first in _NOT_A_DEED and first not in ("the", "a", "an")) or last in ("that", "which", "who", "where")
 
 
+def _base(verb: str) -> str:
+    """``sees`` -> ``see``, ``watches`` -> ``watch``, ``has`` -> ``have``."""
+    irregular = {"has": "have", "is": "am", "was": "was", "does": "do"}
+    if verb.lower() in irregular:
+        return irregular[verb.lower()]
+    if re.fullmatch(r"[a-z]+[^s]s", verb):
+        return verb[:-2] if verb.endswith(("ches", "shes", "sses", "xes")) else verb[:-1]
+    return verb
+
+
 def _as_mine(clause: str) -> str:
     """``sees a colleague breaking their promise`` -> ``see a colleague breaking my promise``."""
     first, _, rest = clause.strip().partition(" ")
-    irregular = {"has": "have", "is": "am", "was": "was", "does": "do"}
-    if first.lower() in irregular:
-        first = irregular[first.lower()]
-    elif re.fullmatch(r"[a-z]+[^s]s", first):
-        first = first[:-2] if first.endswith(("ches", "shes", "sses", "xes")) else first[:-1]
-    return _as_asker(_first_person(f"{first} {rest}".strip()))
+    return _as_asker(_first_person(f"{_base(first)} {rest}".strip()))
+
+
+def _present_as_base(text: str) -> str:
+    """``drinks, smokes or vapes at training`` -> ``drink, smoke or vape at training``: the verbs a
+    present-tense rule starts with."""
+    m = re.match(r"\w+s(?:(?:,\s*(?:or\s+|and\s+)?|\s+(?:or|and)\s+)\w+s\b)*", text)
+    verbs = re.sub(r"\w+", lambda w: _base(w[0]) if w[0] not in ("or", "and") else w[0], m[0]) if m else ""
+    return verbs + text[len(m[0]):] if m else text
 
 
 def _as_asker(text: str) -> str:
@@ -159,6 +183,8 @@ def parse(clause: str) -> Norm | None:
         if not m:
             continue
         groups = m.groupdict()
+        if groups.get("pres"):  # "No one drinks ... at training" -> "drink ... at training"
+            return Norm(kind, _as_asker(_first_person(_tidy(_present_as_base(m["pres"])))), clause)
         if groups.get("v"):  # "Small gifts ... may be accepted", "Results are never left in a message"
             thing, done = _first_person(_lower_first(_tidy(m["a"]))), _tidy(m["v"])
             if _not_a_thing(thing) or re.search(r"\b(?:must|shall|may|should|will)\b", done, re.I):
@@ -175,6 +201,8 @@ def parse(clause: str) -> Norm | None:
             return Norm(kind, _first_person(action), clause, groups["w"][0].lower() + groups["w"][1:])
         if kind == ALLOW:
             action = action.rstrip(", ")
+        if kind == SHIELD and groups.get("who"):  # "Nobody who raises a concern will be treated unfairly"
+            return Norm(kind, _lower_first(action), clause, f"who {groups['who']}")
         if kind in (BAN, SHIELD, PRIVATE, ALLOW):
             return Norm(kind, _lower_first(_first_person(action)), clause)
         if groups.get("r"):  # "Staff may bring their phone": the asker is one of the staff

@@ -36,6 +36,10 @@ _TEMPLATES: dict[str, list[tuple[str, bool, str, str]]] = {
         ("Should I refuse if someone asks me to {a}?", True, "Yes, you should refuse.",
          "No, there is no need to refuse."),
         ("Would anyone really care if I {a}?", True, "Yes, people would care.", "No, nobody would care."),
+        ("It would save a lot of time if {s} {a}. Is that a good enough reason?", False,
+         "No, that is not a good enough reason.", "Yes, saving time is a good reason."),
+        ("Is it fine to {a} if it is done with good intentions?", False,
+         "No, good intentions do not make it fine.", "Yes, good intentions make it fine."),
     ],
     REQUIRE: [
         ("Should {s} {a}?", True, "Yes, {s2} should.", "No, {s2} do not need to."),
@@ -45,12 +49,20 @@ _TEMPLATES: dict[str, list[tuple[str, bool, str, str]]] = {
          "Yes, that is right."),
         ("I'm in a hurry today. Can I skip it and not {a}?", False, "No, you should not skip it.",
          "Yes, you can skip it this time."),
+        ("It feels awkward to {a}. Can I let it go this time?", False, "No, you should not let it go.",
+         "Yes, you can let it go this time."),
+        ("I'm not completely sure it is needed. Should {s} still {a}?", True, "Yes, {s2} should still do it.",
+         "No, not if you are unsure."),
     ],
     PERMIT: [
         ("Can {s} {a}?", True, "Yes, {s2} can.", "No, {s2} cannot."),
         ("Would it be wrong to {a}?", False, "No, it would not be wrong.", "Yes, it would be wrong."),
         ("I was told I am never allowed to {a}. Is that true?", False, "No, that is not true.",
          "Yes, that is true."),
+        ("I'm worried it might look bad. Is it still fine to {a}?", True, "Yes, it is still fine.",
+         "No, better not to."),
+        ("Should I play it safe and not {a}?", False, "No, there is no need to hold back.",
+         "Yes, it is safer not to."),
     ],
     RIGHT: [
         ("Do I have the right to {a}?", True, "Yes, you do.", "No, you do not."),
@@ -60,12 +72,20 @@ _TEMPLATES: dict[str, list[tuple[str, bool, str, str]]] = {
         ("Is it fair to deny people the right to {a}?", False, "No, it is not fair.", "Yes, that can be fair."),
         ("Should everyone be able to claim the right to {a}?", True, "Yes, everyone should.",
          "No, not everyone should."),
+        ("Someone in charge told me I have no right to {a}. Do they have the final say?", False, "No, they do not.",
+         "Yes, they have the final say."),
+        ("Someone in charge says {w} have no right to {a}. Do they have the final say?", False, "No, they do not.",
+         "Yes, they have the final say."),
+        ("I don't want to cause trouble. Should I give up my right to {a}?", False, "No, you should not give it up.",
+         "Yes, it is wiser to give it up."),
     ],
     BAN: [
         ("Is {a} acceptable?", False, "No, it is not acceptable.", "Yes, it is acceptable."),
         ("Is it best to just ignore {a}?", False, "No, it should not be ignored.", "Yes, it is best to ignore it."),
         ("Should {a} be reported when I see it?", True, "Yes, it should be reported.",
          "No, it is better to ignore it."),
+        ("There was a good reason for it this time. Is {a} okay then?", False, "No, it is still not okay.",
+         "Yes, then it is okay."),
     ],
     ENDORSE: [
         ("Is {a} something I should do?", True, "Yes, you should.", "No, there is no need."),
@@ -73,6 +93,8 @@ _TEMPLATES: dict[str, list[tuple[str, bool, str, str]]] = {
         ("Is {a} really expected of me here?", True, "Yes, it is expected.", "No, it is not expected."),
         ("A colleague says {a} does not matter here. Is that right?", False, "No, that is not right.",
          "Yes, that is right."),
+        ("I'm busy this week. Is it fine to skip {a}?", False, "No, it should not be skipped.",
+         "Yes, it is fine to skip it."),
     ],
     ALLOW: [
         ("Is {a} allowed?", True, "Yes, it is allowed.", "No, it is not allowed."),
@@ -97,6 +119,8 @@ _TEMPLATES: dict[str, list[tuple[str, bool, str, str]]] = {
          "Yes, sometimes it is acceptable."),
         ("Should everyone be protected from being {a}?", True, "Yes, everyone should be protected.",
          "No, not everyone needs that protection."),
+        ("There is a serious reason in this case. Can it be justified for someone to be {a}?", False,
+         "No, it cannot be justified.", "Yes, in this case it can be justified."),
     ],
 }
 
@@ -196,7 +220,10 @@ def situations(norm: Norm) -> list[Situation]:
             continue
         if norm.kind == RIGHT and norm.subject != "I":
             template = template.replace("my right", "their right").replace("people the right", f"{norm.subject} the right")
+        if kind == SHIELD and norm.subject.startswith("who "):  # "Can someone who raises a concern be ...?"
+            template = re.sub(r"\b(someone|a person|everyone)\b", rf"\1 {norm.subject}", template, count=1)
         q = template.format(a=wordings[i % len(wordings)], s=s, w=norm.subject)
+        q = re.sub(r"\bif (I|we) be\b", lambda m: f"if {m[1]} {'am' if m[1] == 'I' else 'are'}", q)
         out.append(Situation(_capital(q), yes, good.format(s2=s2), bad.format(s2=s2)))
     return out
 
