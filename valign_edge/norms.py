@@ -63,19 +63,20 @@ _PARTICIPLE = (r"(?:\w+ed|\w+en|told|left|kept|sent|shown|given|taken|made|put|s
 # "Children under 16 must never be asked to interpret", "A breach must be reported within 24 hours".
 _PASSIVE_SUBJECT = r"(?!no\b|nothing\b|nobody\b|no one\b|it\b|this\b|that\b|these\b|those\b|they\b|there\b|which\b)" \
                    r"(?P<a>[\w ,'-]{3,100}?)"
+# Verbs that state a fact, not a house rule: "Nobody knows ...", "No one is above the law".
+_STATE = (r"(?:is|has|was|does|needs|knows|likes|loves|wants|wishes|thinks|believes|expects|cares|minds|seems|feels|"
+          r"means|deserves|understands|remembers|gets|wins|loses|owns)")
 _RULES: list[tuple[str, re.Pattern]] = [
     (SHIELD, re.compile(r"^(?:no one|nobody|no person)(?:\s+who\s+(?P<who>[^,]{3,80}?))?\s+(?:shall|may|can|must|will)"
                         r"(?:\s+ever)?\s+be\s+(?P<a>.+)$", re.I)),
-    (SHIELD, re.compile(r"^(?:no one|nobody|no person)\s+(?:is|are|gets)\s+(?P<a>(?:\w+ly\s+)?" + _PARTICIPLE + r"\b.*)$",
+    (SHIELD, re.compile(rf"^(?:no one|nobody|no person)\s+(?:is|are|gets)\s+(?P<a>(?:\w+ly\s+)?{_PARTICIPLE}\b.*)$",
                         re.I)),
     (PRIVATE, re.compile(r"^(?P<a>[\w ,'-]+?)\s+(?:is|are|must be kept|shall be kept|is kept|are kept)\s+"
                          r"(?:strictly\s+)?(?:confidential|private|secret)\b.*$", re.I)),
     (DUTY, re.compile(r"^(?P<w>[\w ,'-]{3,40}?)\s+(?:is|are)\s+responsible\s+for\s+(?P<a>\w+ing\b.+)$", re.I)),
     (FORBID, re.compile(rf"^(?:no one|nobody|no\s+{_ONE_ROLE})\s+(?:shall|may|must|should|can)\s+(?P<a>.+)$", re.I)),
     # "No one drinks, smokes or vapes at training": a house rule in the present tense
-    (FORBID, re.compile(r"^(?:no one|nobody)\s+(?!(?:is|has|was|does|needs|knows|likes|loves|wants|wishes|thinks|believes|expects|cares|minds|"
-                        r"seems|feels|means|deserves|understands|remembers|gets|wins|loses|owns)\b)(?P<pres>\w+s\b.*)$",
-                        re.I)),
+    (FORBID, re.compile(rf"^(?:no one|nobody)\s+(?!{_STATE}\b)(?P<pres>\w+s\b.*)$", re.I)),
     (RIGHT, re.compile(r"^(?P<w>[\w ,-]{3,60}?)\s+(?:has|have)\s+(?:the|a|an|an equal|a prior|equal)\s+rights?\s+to\s+"
                        r"(?P<a>.+)$", re.I)),
     (RIGHT, re.compile(r"^(?P<w>everyone|all|every person)\s+(?:is|are)\s+entitled\s+(?:[\w ]*?\s)??to\s+(?P<a>.+)$",
@@ -156,8 +157,9 @@ def _present_as_base(text: str) -> str:
     """``drinks, smokes or vapes at training`` -> ``drink, smoke or vape at training``: the verbs a
     present-tense rule starts with."""
     m = re.match(r"\w+s(?:(?:,\s*(?:or\s+|and\s+)?|\s+(?:or|and)\s+)\w+s\b)*", text)
-    verbs = re.sub(r"\w+", lambda w: _base(w[0]) if w[0] not in ("or", "and") else w[0], m[0]) if m else ""
-    return verbs + text[len(m[0]):] if m else text
+    if not m:
+        return text
+    return re.sub(r"\w+", lambda w: w[0] if w[0] in ("or", "and") else _base(w[0]), m[0]) + text[m.end():]
 
 
 def _as_asker(text: str) -> str:
