@@ -26,6 +26,15 @@ def quiet_transformers() -> None:
 
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()
+    try:  # the GGUF de-quantizing bar is a bare tqdm that the switch above does not reach
+        import functools
+
+        from transformers import modeling_gguf_pytorch_utils as gguf_utils
+
+        if not isinstance(gguf_utils.tqdm, functools.partial):
+            gguf_utils.tqdm = functools.partial(gguf_utils.tqdm, disable=True)
+    except (ImportError, AttributeError):
+        pass
 
 
 def student_hf_dir(ref: ModelRef, emit: Callback = null_callback) -> Path:

@@ -186,3 +186,16 @@ def test_rpo_adds_the_chosen_answers_nll_to_the_dpo_loss(tmp_path, tiny_model):
     nll = first[1.0] - first[0.0]
     assert first[0.0] == pytest.approx(0.6931, abs=0.01)
     assert nll > 0.05 and first[2.0] - first[0.0] == pytest.approx(2 * nll, rel=0.02)
+
+
+def test_converting_a_gguf_student_prints_no_progress_bar(tmp_path, teacher_gguf, monkeypatch, capfd):
+    """transformers' GGUF de-quantizing bar is a bare tqdm: in a log file it wrote one line of carriage
+    returns per tensor, beside our own progress events."""
+    from valign_edge.backends import hf
+    from valign_edge.models import resolve
+
+    monkeypatch.setattr(hf, "CACHE_DIR", tmp_path)
+    folder = hf.student_hf_dir(resolve("smollm2-135m-instruct"))
+    assert (folder / "config.json").exists() and folder.parent == tmp_path / "students"
+    err = capfd.readouterr().err
+    assert "de-quantizing" not in err and "it/s" not in err, err[-500:]
