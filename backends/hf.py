@@ -7,6 +7,7 @@ identity and reused by every run, backend and test.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -26,15 +27,18 @@ def quiet_transformers() -> None:
 
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()
-    try:  # the GGUF de-quantizing bar is a bare tqdm that the switch above does not reach
-        import functools
 
+
+def _quiet_gguf_loading() -> None:
+    """transformers' GGUF de-quantizing bar is a bare tqdm that ``disable_progress_bar`` does not reach.
+    Only a GGUF conversion needs it (importing the module loads torch), so it is not in ``quiet_transformers``."""
+    try:
         from transformers import modeling_gguf_pytorch_utils as gguf_utils
-
-        if not isinstance(gguf_utils.tqdm, functools.partial):
-            gguf_utils.tqdm = functools.partial(gguf_utils.tqdm, disable=True)
-    except (ImportError, AttributeError):
-        pass
+    except ImportError:
+        return
+    bar = getattr(gguf_utils, "tqdm", None)
+    if bar is not None and not isinstance(bar, functools.partial):
+        gguf_utils.tqdm = functools.partial(bar, disable=True)
 
 
 def student_hf_dir(ref: ModelRef, emit: Callback = null_callback) -> Path:
@@ -50,6 +54,7 @@ def student_hf_dir(ref: ModelRef, emit: Callback = null_callback) -> Path:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         quiet_transformers()
+        _quiet_gguf_loading()
     except ImportError:
         raise UserError("a GGUF student needs the torch extra to convert it; run: pip install 'valign-edge[torch]'") from None
     try:
