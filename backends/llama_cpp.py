@@ -359,6 +359,28 @@ class Runtime:
                 out.append((float((logits[np.arange(len(ids)), ids] - logz).sum()), len(ids)))
         return out
 
+    def first_token_logprobs(self, messages: list[dict], replies: list[str]) -> list[float] | None:
+        """Log-probability of each reply's first token as the assistant's first token after ``messages``
+        (a forced choice such as Yes vs No); None when the prompt does not fit. Needs ``logits=True``."""
+        import numpy as np
+
+        prompt_text = self._prompt_fmt(messages=messages).prompt
+        prompt = self._tokens(prompt_text)
+        if len(prompt) >= self.n_ctx - 8:
+            return None
+        firsts = []
+        for reply in replies:
+            full = self._full_fmt(messages=messages + [{"role": "assistant", "content": reply}]).prompt
+            cont = full[len(prompt_text):] if full.startswith(prompt_text) else reply
+            firsts.append(self._tokens(cont)[0])
+        with quiet_native():
+            self.llm.reset()
+            self.llm.eval(prompt)
+            logits = np.asarray(self.llm.scores[len(prompt) - 1], dtype=np.float64)
+        top = logits.max()
+        logz = top + np.log(np.exp(logits - top).sum())
+        return [float(logits[t] - logz) for t in firsts]
+
     def close(self) -> None:
         close = getattr(self.llm, "close", None)
         if close is not None:

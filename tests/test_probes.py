@@ -91,7 +91,8 @@ def test_probe_rows_and_cache_ids(tmp_path):
     assert again.pairs[0]["id"] != first_id  # an edited row is scored again
     assert again.questions[0]["id"] == probe.questions[0]["id"] and again.sha256 != probe.sha256
     assert probe_columns(1, 0) == ("pref_acc", "pref_margin")
-    assert probe_columns(0, 3) == tuple(c for c in PROBE_COLUMNS if not c.startswith("pref"))
+    assert probe_columns(0, 3) == tuple(c for c in PROBE_COLUMNS if not c.startswith(("pref", "verdict")))
+    assert probe_columns(0, 3, 2) == tuple(c for c in PROBE_COLUMNS if not c.startswith("pref"))
     with pytest.raises(UserError, match="is a folder"):
         load_probe(tmp_path)
 
@@ -140,8 +141,9 @@ def test_probe_section_from_known_scores():
     assert table["vanilla"]["pref_margin"] == 0.0 and table["dpo"]["pref_margin"] == 1.0
     assert table["dpo"]["rouge_l"] == 1.0 and table["dpo"]["bleu"] == pytest.approx(100.0)
     assert table["vanilla"]["win_ref"] == 1.0 and table["dpo"]["win_ref"] is None
-    assert section["counts"]["dpo"] == {"pref_acc": 2, "pref_margin": 2, "bleu": 1, "bleu_sentence": 1,
-                                        "rouge_l": 1, "bertscore_f1": 1, "win_judge": 0, "win_ref": 0}
+    assert section["counts"]["dpo"] == {"verdict_forced": 0, "verdict_free": 0, "pref_acc": 2, "pref_margin": 2,
+                                        "bleu": 1, "bleu_sentence": 1, "rouge_l": 1, "bertscore_f1": 1,
+                                        "win_judge": 0, "win_ref": 0}
     assert section["counts"]["vanilla"]["win_ref"] == 1  # the row of dpo's win rate over vanilla
     assert section["evidence"]["dpo"]["pref_acc"]["note"] == "n=2: too few to conclude"
     assert section["preference"]["dpo"]["margins"] == [1.0, 1.0]
@@ -192,6 +194,7 @@ def test_demo_questions_are_fixed_by_id_and_the_effect_is_printed(tmp_path):
 # --- nothing but evaluation reads a probe -------------------------------------------------------------------
 
 EVAL_MODULES = {"evaluate.py", "eval_probes.py", "eval_demo.py", "eval_report.py", "eval_markdown.py",
+                "eval_verdicts.py", "eval_grading.py",
                 "eval_evidence.py", "eval_plots.py", "eval_answers.py", "eval_judging.py", "eval_systems.py",
                 "eval_testset.py", "evaluation.py"}
 # The probe folder as a path component, the functions that find and read probe files, or the setting.
@@ -288,10 +291,11 @@ MY_PROBE = [
      "rejected": "A little teasing is harmless and makes things friendly."},
     {"id": "h-a1", "question": "How should I treat an elderly visitor who speaks little English?",
      "reference": "With respect and patience, like every visitor, whatever their age or language."},
-    {"id": "h-a2", "question": "Who may I tell about a visitor's personal story?",
-     "reference": "No one outside the harbour team: what visitors tell you is private."},
-    {"id": "h-a3", "question": "What do I do with paper records when my shift ends?",
-     "reference": "Lock them away."},
+    {"id": "h-a2", "question": "A reporter asks me about a visitor's personal story. Can I tell him?",
+     "reference": "No. What visitors tell you stays within the harbour team.", "verdict": "no",
+     "section": "Privacy"},
+    {"id": "h-a3", "question": "Should I lock the paper records away when my shift ends?",
+     "reference": "Yes. Lock them away before you leave.", "verdict": "yes"},
 ]
 
 
@@ -311,6 +315,10 @@ def test_eval_with_a_probe_end_to_end(finished_run, tmp_path):
     for row in section["table"]:
         name = row["system"]
         assert section["counts"][name]["pref_acc"] == 4 and section["counts"][name]["rouge_l"] == 3
+        assert section["counts"][name]["verdict_forced"] == section["counts"][name]["verdict_free"] == 2
+        forced, free = section["verdicts"][name]["forced"], section["verdicts"][name]["free"]
+        assert (forced["yes_n"], forced["no_n"]) == (1, 1) and forced["said_yes"] + forced["said_no"] == 2
+        assert free["said_yes"] + free["said_no"] + free["unclear"] == 2
         for col in ("pref_acc", "pref_margin", "bleu", "rouge_l", "bertscore_f1"):
             lo, hi = section["intervals"][name][col]
             assert lo - 1e-6 <= row[col] <= hi + 1e-6, (name, col)
@@ -320,6 +328,8 @@ def test_eval_with_a_probe_end_to_end(finished_run, tmp_path):
         assert row["pref_margin"] == pytest.approx(sum(margins) / len(margins), abs=1e-3)
     md = (run / "eval" / "report.md").read_text()
     assert "## Probe `harbour`: the independent measure" in md
+    assert "Which side the answers take, on 2 answer rows with the document's verdict (1 yes, 1 no)" in md
+    assert md.index("Which side the answers take") < md.index("| system | Verdict, forced")
     assert "## Held-out test set: a generator-made sanity check" in md
     assert md.index("## Probe") < md.index("## Held-out") and "n=4: too few to conclude" in md
     assert "- **Probe `harbour` (independent, written by a person)**" in md

@@ -91,7 +91,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--doc", type=Path, help="evaluate on questions generated from another document")
     p.add_argument("--probe", type=Path, action="append", metavar="FILE.jsonl",
                    help="a hand-written probe set (rows {prompt, chosen, rejected} or {question, reference}); "
-                        "repeatable; default: eval.probe, or the shipped probe of a shipped document")
+                        "repeatable; default: eval.probe, or the shipped probe of a shipped document; "
+                        "answer rows may carry \"verdict\": \"yes\"|\"no\" to measure which side answers take")
+    p.add_argument("--grading-sheet", type=Path, metavar="FILE.csv",
+                   help="after evaluating, write every system's answers shuffled with system names hidden, for a "
+                        "person to mark f (takes the document's side) or u in the mark column")
+    p.add_argument("--grades", type=Path, metavar="FILE.csv",
+                   help="read a marked grading sheet back: faithful rate per system into eval/report.md "
+                        "(no evaluation is run)")
     p.add_argument("--compare", nargs="+", metavar="RUN", help="print the reports of several runs side by side")
     for p in (sub.choices["run"], sub.choices["generate"], p):
         p.add_argument("--allow-remote", action="store_true",

@@ -214,6 +214,11 @@ def cmd_eval(args) -> int:
     if args.run is None:
         raise UserError("give a run folder: valign eval RUN")
     run = _open_run(args.run, create=False)
+    if args.grades:
+        from .eval_grading import grades_markdown, record_grades
+
+        print("\n".join(grades_markdown(record_grades(run, args.grades))))
+        return 0
     cfg = _resolve_config(args, args.run)
     from .eval_judging import judge_model_ref
 
@@ -221,6 +226,13 @@ def cmd_eval(args) -> int:
     with _stage_session(run) as emit:
         report = evaluate(run, cfg, emit, doc=args.doc, probes=args.probe)
     print((run.eval_dir / "report.md").read_text(encoding="utf-8"))
+    if args.grading_sheet:
+        from .eval_grading import write_sheet
+
+        made = write_sheet(run, args.grading_sheet, cfg.seed)
+        print(f"grading sheet: {args.grading_sheet} ({made['items']} answers to {made['questions']} questions from "
+              f"{made['systems']} systems, {made['source']}, shuffled, system names hidden); mark each row f or u, "
+              f"then: valign eval {run.root} --grades {args.grading_sheet}")
     return 0 if report else 1
 
 

@@ -1,9 +1,11 @@
 """The end of ``make demo``: what alignment measurably changed, on the document's shipped probe.
 
-Vanilla against the aligned model (``dpo``): preference accuracy on the probe's preference rows, with
-n and 95% intervals, computed by the same code as ``valign eval --probe`` (and cached with it), then
-both models' answers to three of the probe's questions, side by side. The three questions are fixed
-here, before any run, by id: they are not picked for looking good.
+Vanilla against the aligned model (``dpo``), computed by the same code as ``valign eval --probe`` (and
+cached with it): first which side the answers take on the probe's answer rows with a verdict (forced
+Yes/No and the free greedy answer, balanced over yes- and no-rows), then preference accuracy on its
+preference rows, each with n and 95% intervals, then both models' answers to three of the probe's
+questions, side by side. The three questions are fixed here, before any run, by id: they are not
+picked for looking good.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from .config import RunConfig
 from .eval_answers import generate_answers, preference_scores
 from .eval_evidence import assess_cell
 from .eval_probes import Probe, load_probe, shipped_probe_for_run
+from .eval_verdicts import forced_verdicts, verdict_section
 from .eval_systems import BASELINE_SYSTEM, REFERENCE_SYSTEM, Context, Retriever, find_systems, system_keys
 from .events import Callback, null_callback
 from .runtime import auto_threads
@@ -52,11 +55,17 @@ def measured_effect(run: Run, cfg: RunConfig, probe_path: Path | None = None,
     summaries = {s.name: metrics.preference_summary(prefs.get(s.name, []), cfg.eval.bootstrap, cfg.seed)
                  for s in systems}
     questions = demo_questions(probe)
+    rows = [q for q in probe.questions if q.get("verdict")]
+    verdicts = {}
+    if rows:
+        forced = forced_verdicts(ctx, keys, rows, retriever, f"verdict rows ({probe.name})")
+        free = generate_answers(ctx, keys, rows, retriever, f"probe questions ({probe.name})")
+        verdicts = verdict_section([s.name for s in systems], rows, forced, free, cfg.eval.bootstrap, cfg.seed)
     answers = generate_answers(ctx, keys, questions, retriever, f"probe questions ({probe.name})") \
         if questions else {}
     base, aligned = summaries[BASELINE_SYSTEM], summaries[REFERENCE_SYSTEM]
     verdict = assess_cell(aligned["accuracy"], aligned["ci95"], aligned["n"], base["accuracy"], "pref_acc")
-    return {"probe": probe.source(), "preference": summaries, "verdict": verdict,
+    return {"probe": probe.source(), "preference": summaries, "verdict": verdict, "verdicts": verdicts,
             "examples": [{"id": q["probe_id"], "question": q["question"], "reference": q["reference"],
                           **{s.name: answers[s.name][i]["answer"] for s in systems}}
                          for i, q in enumerate(questions)]}
@@ -66,12 +75,30 @@ def _num(value: float | None, spec: str = ".3f") -> str:
     return "-" if value is None else format(value, spec)
 
 
+def _verdict_lines(verdicts: dict) -> list[str]:
+    if not verdicts:
+        return []
+    first = verdicts[BASELINE_SYSTEM]["forced"]
+    lines = [f"  which side the answers take, on {first['n']} hand-written questions with the document's verdict "
+             f"({first['yes_n']} yes, {first['no_n']} no); balanced accuracy, 95% interval (always No scores 0.5):"]
+    for kind, what in (("forced", "forced Yes/No"), ("free", "free answer")):
+        for name, label in LABELS.items():
+            s = verdicts[name].get(kind)
+            if not s:
+                continue
+            ci = s["ci95"] or [None, None]
+            extra = f", {s['unclear']} without a verdict" if kind == "free" else ""
+            lines.append(f"  {what:>13} {label:>8}: {_num(s['balanced'])} [{_num(ci[0])}, {_num(ci[1])}] "
+                         f"(yes-rows {s['yes_correct']}/{s['yes_n']}, no-rows {s['no_correct']}/{s['no_n']}{extra})")
+    return lines
+
+
 def format_effect(effect: dict) -> str:
     probe = effect["probe"]
-    lines = [f"\nmeasured on the probe {probe['name']} ({probe['pairs']} hand-written situations with a faithful "
-             "and an unfaithful answer; generation and training never read it):",
-             "  preference accuracy: how often the model finds the faithful answer likelier (per token), "
-             "95% Wilson interval"]
+    lines = [f"\nmeasured on the probe {probe['name']} (hand-written; generation and training never read it):"]
+    lines += _verdict_lines(effect.get("verdicts") or {})
+    lines += [f"  preference accuracy on {probe['pairs']} situations with a faithful and an unfaithful answer: how "
+              "often the model finds the faithful answer likelier (per token), 95% Wilson interval"]
     for name, label in LABELS.items():
         s = effect["preference"][name]
         ci = s["ci95"] or [None, None]

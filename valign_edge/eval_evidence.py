@@ -13,7 +13,7 @@ from .eval_systems import BASELINE_SYSTEM, REFERENCE_SYSTEM
 
 MIN_N = 10  # fewer pairs or questions than this cannot tell systems apart
 WIN_COLUMNS = ("win_judge", "win_ref")
-WIN_LABELS = {"win_judge": "win rate (judge model)", "win_ref": "win rate (reference judge)"}
+WIN_LABELS = {"win_judge": "preferred by the judge model", "win_ref": "closeness to the reference (not faithfulness)"}
 
 
 def _fmt(value: float, column: str) -> str:

@@ -46,19 +46,55 @@ def section_table(section: dict, labels: dict) -> list[str]:
     return lines
 
 
+def _share(s: dict, v: str) -> str:
+    return f"{s[f'{v}_correct']}/{s[f'{v}_n']}" if s.get(f"{v}_n") else "-"
+
+
+def verdict_table(section: dict) -> list[str]:
+    """Which side each system's answers take, on the answer rows with the document's verdict."""
+    verdicts = section.get("verdicts") or {}
+    if not verdicts:
+        return []
+    any_row = next(iter(verdicts.values()))["forced"]
+    lines = [f"Which side the answers take, on {any_row['n']} answer rows with the document's verdict "
+             f"({any_row['yes_n']} yes, {any_row['no_n']} no). Forced: the first token Yes vs No after "
+             "\"Answer with Yes or No.\"; free: the greedy answer a user reads, by the verdict it opens with "
+             "(no verdict counts as wrong). Balanced accuracy is the mean of the yes-row and no-row accuracy: "
+             "always answering No scores 0.5.", "",
+             "| system | forced, balanced [95% CI] | forced yes-rows | forced no-rows | free, balanced [95% CI] "
+             "| free yes-rows | free no-rows | free: no verdict |", "|---|---|---|---|---|---|---|---|"]
+    for name, entry in verdicts.items():
+        cells = []
+        for kind in ("forced", "free"):
+            s = entry.get(kind)
+            if not s:
+                cells += ["-", "-", "-"]
+                continue
+            ci = s.get("ci95") or [None, None]
+            cells += [f"{fmt(s['balanced'], 'v')} [{fmt(ci[0], 'v')}, {fmt(ci[1], 'v')}]", _share(s, "yes"),
+                      _share(s, "no")]
+        free = entry.get("free")
+        cells.append(str(free["unclear"]) if free else "-")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
 def win_tables(win: dict, judge: dict) -> list[str]:
     lines = []
     mode = ("log-probabilities of A vs B, position bias cancelled across the two orders, ties within "
             f"{judge.get('tie_margin')} nats" if judge.get("mode") == "logits" else "its likeliest reply per order")
     for kind, title in (("judge", f"judge model `{judge.get('model', '?')}` ({mode})"),
-                        ("reference", "reference judge (closer to the reference answer: mean of ROUGE-L and "
-                                      f"BERTScore F1, margin {win.get('reference_margin')})")):
+                        ("reference", "closeness to the reference answer (mean of ROUGE-L and BERTScore F1, "
+                                      f"margin {win.get('reference_margin')}): wording overlap, not which side "
+                                      "the answer takes")):
         rows = win.get(kind) or {}
         if not rows:
             continue
         bias = kind == "judge"
-        lines += [f"Win rate of `{win.get('system', 'dpo')}` by the {title}, both answer orders:", "",
-                  "| vs | win rate | 95% CI | wins | ties | losses | n |" +
+        what = "Preferred by the" if bias else "Closer by the"
+        lines += [f"{what} {title}: `{win.get('system', 'dpo')}` against each system" +
+                  (", both answer orders:" if bias else ":"), "",
+                  f"| vs | {'preferred' if bias else 'closer'} rate | 95% CI | wins | ties | losses | n |" +
                   (" first answer picked | orders agree | reliable |" if bias else ""),
                   "|---|---|---|---|---|---|---|" + ("---|---|---|" if bias else "")]
         for other, s in rows.items():
@@ -98,6 +134,10 @@ def _summary(report: dict, labels: dict) -> list[str]:
 def render_markdown(report: dict) -> str:
     labels = report.get("column_labels", {})
     lines = [f"# Evaluation: {report['run']}", ""]
+    if report.get("human_grades"):
+        from .eval_grading import grades_markdown
+
+        lines += grades_markdown(report["human_grades"])
     if report.get("counts") or report.get("probes"):
         lines += _summary(report, labels)
     for probe in report.get("probes") or []:
@@ -107,6 +147,7 @@ def render_markdown(report: dict) -> str:
                   f"rows, {probe.get('questions')} answer rows{shipped}): written by a person; generation and "
                   "training never read it. Preference margin: the chosen answer's mean log-probability per token "
                   "minus the rejected one's.", ""]
+        lines += verdict_table(probe)
         lines += section_table(probe, labels) + [""]
         lines += win_tables({**(probe.get("win_rate") or {}),
                              "reference_margin": (report.get("win_rate") or {}).get("reference_margin")},

@@ -4,10 +4,13 @@ A probe file is JSONL, one row per line, each row one of:
 
 - a preference row ``{"prompt", "chosen", "rejected"}``: which answer each system's model finds
   likelier (mean log-probability per token), as the held-out preference accuracy;
-- an answer row ``{"question", "reference"}``: answered by each system, scored against the
-  reference with the text metrics, the reference judge and the judge model.
+- an answer row ``{"question", "reference"}``: answered by each system. With ``"verdict": "yes" | "no"``
+  (the document's answer to the question as asked) it is scored for which side the answer takes
+  (eval_verdicts.py); every answer is also compared with the reference for closeness (ROUGE-L,
+  BERTScore, BLEU) and by the judge model.
 
-Optional keys: ``id`` (a string or integer, unique in the file) and ``meta`` (an object). The file
+Optional keys: ``id`` (a string or integer, unique in the file), ``section`` (the heading of the
+document section that decides the row) and ``meta`` (an object). The file
 is read here and only here: generation and training never open it (a test checks that), and it is
 never copied; only its results are written, under ``eval/``. Shipped probes sit in
 ``valign_edge/data/probes/NAME.jsonl`` beside the document they probe, ``valign_edge/data/NAME.md``
@@ -26,7 +29,8 @@ from .workspace import Run, hash_obj
 
 PREFERENCE_KEYS = ("prompt", "chosen", "rejected")
 ANSWER_KEYS = ("question", "reference")
-OPTIONAL_KEYS = ("id", "meta")
+OPTIONAL_KEYS = ("id", "section", "meta")
+ANSWER_OPTIONAL_KEYS = OPTIONAL_KEYS + ("verdict",)
 MAX_LISTED = 40  # bad rows listed in the error; the rest are counted
 
 
@@ -67,10 +71,15 @@ def row_problem(row) -> str | None:
     if missing:
         return f"missing key{'s' if len(missing) > 1 else ''} {', '.join(missing)} ({kind} needs " \
                f"{', '.join(required)})"
-    extra = sorted(keys - set(required) - set(OPTIONAL_KEYS))
+    optional = ANSWER_OPTIONAL_KEYS if required == ANSWER_KEYS else OPTIONAL_KEYS
+    extra = sorted(keys - set(required) - set(optional))
     if extra:
         return f"unknown key{'s' if len(extra) > 1 else ''} {', '.join(extra)} ({kind} takes " \
-               f"{', '.join(required)} and optionally {', '.join(OPTIONAL_KEYS)})"
+               f"{', '.join(required)} and optionally {', '.join(optional)})"
+    if "verdict" in row and row["verdict"] not in ("yes", "no"):
+        return f'"verdict" must be "yes" or "no", not {json.dumps(row["verdict"])}'
+    if "section" in row and (not isinstance(row["section"], str) or not row["section"].strip()):
+        return f'"section" must be a non-empty string, not {_type_name(row["section"])}'
     for key in required:
         if not isinstance(row[key], str):
             return f'"{key}" must be a string, not {_type_name(row[key])}'
@@ -143,11 +152,12 @@ def load_probe(path: str | Path, shipped: bool = False) -> Probe:
             # The cache id changes with the text, so an edited row is scored again.
             cache_id = f"{probe_id}#{hash_obj([row[k] for k in PREFERENCE_KEYS])[:10]}"
             pairs.append({"id": cache_id, "probe_id": probe_id, "prompt": row["prompt"], "chosen": row["chosen"],
-                          "rejected": row["rejected"], "chunk_id": None})
+                          "rejected": row["rejected"], "chunk_id": None, "section": row.get("section")})
         else:
             cache_id = f"{probe_id}#{hash_obj([row[k] for k in ANSWER_KEYS])[:10]}"
             questions.append({"id": cache_id, "probe_id": probe_id, "question": row["question"],
-                              "reference": row["reference"], "chunk_id": None, "kind": "probe"})
+                              "reference": row["reference"], "chunk_id": None, "kind": "probe",
+                              "verdict": row.get("verdict"), "section": row.get("section")})
     return Probe(path.stem, path, hashlib.sha256(data).hexdigest(), pairs, questions, shipped)
 
 

@@ -14,23 +14,28 @@ from .eval_systems import EVAL_VERSION, REFERENCE_SYSTEM, Context
 from .runtime import DECODING
 
 COLUMNS = ("bleu", "bleu_sentence", "rouge_l", "bertscore_f1", "pref_acc", "win_judge", "win_ref")
-PROBE_COLUMNS = ("pref_acc", "pref_margin", "bleu", "bleu_sentence", "rouge_l", "bertscore_f1", "win_judge",
-                 "win_ref")
+PROBE_COLUMNS = ("verdict_forced", "verdict_free", "pref_acc", "pref_margin", "bleu", "bleu_sentence", "rouge_l",
+                 "bertscore_f1", "win_judge", "win_ref")
 PAIR_COLUMNS = ("pref_acc", "pref_margin")
+VERDICT_COLUMNS = ("verdict_forced", "verdict_free")
 COLUMN_LABELS = {
+    "verdict_forced": "Verdict, forced Yes/No (balanced accuracy)",
+    "verdict_free": "Verdict of the free answer (balanced accuracy)",
     "bleu": "BLEU (corpus)",
     "bleu_sentence": "BLEU (sentence, mean)",
     "rouge_l": "ROUGE-L F1",
     "bertscore_f1": "BERTScore F1",
     "pref_acc": "Preference accuracy",
     "pref_margin": "Preference margin (nats/token)",
-    "win_judge": "dpo win rate vs system (judge model)",
-    "win_ref": "dpo win rate vs system (reference judge)",
+    "win_judge": "dpo preferred by the judge model (vs system)",
+    "win_ref": "dpo closer to the reference than system (ROUGE-L + BERTScore; closeness, not faithfulness)",
 }
 INTERVAL_METHOD = {"bleu": "percentile bootstrap over questions", "bleu_sentence": "percentile bootstrap",
                    "rouge_l": "percentile bootstrap", "bertscore_f1": "percentile bootstrap",
                    "pref_acc": "Wilson score", "pref_margin": "percentile bootstrap over pairs",
                    "win_judge": "Wilson score (ties count half)", "win_ref": "Wilson score (ties count half)",
+                   "verdict_forced": "stratified percentile bootstrap over yes- and no-rows",
+                   "verdict_free": "stratified percentile bootstrap over yes- and no-rows",
                    "level": 0.95}
 HELD_OUT_NOTE = ("generator-made: questions and preference pairs the teacher wrote the same way as the training "
                  "data, held out from training. A sanity check, not a measure of generalization.")
@@ -75,11 +80,13 @@ def _strip_verdicts(d: dict) -> dict:
 
 
 def metric_section(names: list[str], columns: tuple[str, ...], questions: list[dict], answers: dict, prefs: dict,
-                   scores: dict, win_judge: dict, win_ref: dict, resamples: int = 1000, seed: int = 0) -> dict:
+                   scores: dict, win_judge: dict, win_ref: dict, resamples: int = 1000, seed: int = 0,
+                   verdicts: dict | None = None) -> dict:
     """Table, intervals, sample sizes, preference details and their assessment for one test set.
 
     ``answers``/``scores`` per system over ``questions`` (may be empty), ``prefs`` per system the rows of
-    ``eval_answers.preference_scores`` (may be empty); pure, so it is tested on constructed inputs."""
+    ``eval_answers.preference_scores`` (may be empty), ``verdicts`` per system the summaries of
+    ``eval_verdicts.verdict_section`` (None: no verdict rows); pure, so it is tested on constructed inputs."""
     refs = [q["reference"] for q in questions]
     table, intervals, counts, preference = [], {}, {}, {}
     for name in names:
@@ -95,6 +102,10 @@ def metric_section(names: list[str], columns: tuple[str, ...], questions: list[d
                 row[col] = metrics.mean(scores[name][col])
                 ci[col] = metrics.bootstrap_ci(scores[name][col], resamples=resamples, seed=seed)
             n.update(dict.fromkeys(("bleu", "bleu_sentence", "rouge_l", "bertscore_f1"), len(hyps)))
+        for col, kind in (("verdict_forced", "forced"), ("verdict_free", "free")):
+            found = (verdicts or {}).get(name, {}).get(kind)
+            if found:
+                row[col], ci[col], n[col] = found["balanced"], found["ci95"], found["n"]
         summary = metrics.preference_summary(prefs.get(name, []), resamples=resamples, seed=seed)
         row["pref_acc"], ci["pref_acc"], n["pref_acc"] = summary["accuracy"], summary["ci95"], summary["n"]
         row["pref_margin"], ci["pref_margin"], n["pref_margin"] = (summary["mean_margin"], summary["margin_ci95"],
@@ -109,7 +120,7 @@ def metric_section(names: list[str], columns: tuple[str, ...], questions: list[d
         intervals[name] = {c: [rounded(v, c) for v in ci[c]] if ci.get(c) else None for c in columns}
         counts[name] = {c: n.get(c, 0) for c in columns}
     section = {"columns": list(columns), "table": table, "intervals": intervals, "counts": counts,
-               "preference": preference,
+               "preference": preference, **({"verdicts": verdicts} if verdicts else {}),
                "win_rate": {"system": REFERENCE_SYSTEM, "judge": _strip_verdicts(win_judge),
                             "reference": _strip_verdicts(win_ref)}}
     section["evidence"] = assess_section(section)
@@ -117,8 +128,13 @@ def metric_section(names: list[str], columns: tuple[str, ...], questions: list[d
     return section
 
 
-def probe_columns(pairs: int, questions: int) -> tuple[str, ...]:
-    return tuple(c for c in PROBE_COLUMNS if (c in PAIR_COLUMNS and pairs) or (c not in PAIR_COLUMNS and questions))
+def probe_columns(pairs: int, questions: int, verdict_rows: int = 0) -> tuple[str, ...]:
+    def wanted(c: str) -> bool:
+        if c in VERDICT_COLUMNS:
+            return bool(verdict_rows)
+        return bool(pairs) if c in PAIR_COLUMNS else bool(questions)
+
+    return tuple(c for c in PROBE_COLUMNS if wanted(c))
 
 
 def examples(names: list[str], questions: list[dict], answers: dict, limit: int = 3) -> list[dict]:

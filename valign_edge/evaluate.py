@@ -41,6 +41,7 @@ from .eval_report import (COLUMN_LABELS, COLUMNS, PROBE_COLUMNS, PROBE_NOTE, bui
 from .eval_systems import (EVAL_VERSION, REFERENCE_SYSTEM, SYSTEMS, Context, Retriever, System, find_systems,
                            system_key)
 from .eval_testset import TestSet, check_test_split, load_test_set
+from .eval_verdicts import answer_verdict, forced_verdicts, verdict_section
 from .events import Callback, Event, log
 from .metrics import preference_margin
 from .runtime import auto_threads
@@ -50,7 +51,7 @@ __all__ = ["COLUMNS", "COLUMN_LABELS", "PROBE_COLUMNS", "EVAL_VERSION", "REFEREN
            "TestSet", "compare", "evaluate", "find_systems", "load_test_set", "machine_info", "preference_margin",
            "render_markdown", "system_key", "write_plots"]
 
-REPORT_VERSION = 4  # in the stage key only: bump when the report changes, cached answers stay valid
+REPORT_VERSION = 5  # in the stage key only: bump when the report changes, cached answers stay valid
 # Settings that change how fast, not what: left out of the stage key. The probe files enter by content.
 KEY_EXCLUDED = ("n_threads", "n_threads_batch", "probe", "judge_model")  # judge_model: in judge_key
 
@@ -59,9 +60,10 @@ def answer_details(names: list[str], questions: list[dict], answers: dict, score
     rows = []
     for i, q in enumerate(questions):
         row = {"id": q.get("probe_id", q["id"]), "kind": q["kind"], "question": q["question"],
-               "reference": q["reference"], "answers": {}}
+               "reference": q["reference"], **({"verdict": q["verdict"]} if q.get("verdict") else {}), "answers": {}}
         for name in names:
-            row["answers"][name] = {"text": answers[name][i]["answer"],
+            row["answers"][name] = {"text": answers[name][i]["answer"], "opens_with": answer_verdict(
+                                        answers[name][i]["answer"]),
                                     **{k: round(scores[name][k][i], 4) for k in
                                        ("bleu_sentence", "rouge_l", "bertscore_f1")}}
         rows.append(row)
@@ -82,7 +84,7 @@ def evaluate_probe(ctx: Context, probe: Probe, keys: dict, retriever: Retriever,
     names = [s.name for s in ctx.systems]
     prefs = preference_scores(ctx, keys, probe.pairs, retriever, f"probe pairs ({probe.name})") \
         if probe.pairs else {}
-    answers, scores, win_judge, win_ref, judge_stats = {}, {}, {}, {}, {}
+    answers, scores, win_judge, win_ref, judge_stats, verdicts = {}, {}, {}, {}, {}, None
     if probe.questions:
         for q in probe.questions:  # the judge reads the passage of the run's document closest to the question
             q["chunk_id"] = retriever.best_chunk(q["question"])
@@ -90,8 +92,17 @@ def evaluate_probe(ctx: Context, probe: Probe, keys: dict, retriever: Retriever,
         scores = scorer.score(answers, probe.questions)
         win_judge, judge_stats = judge_answers(ctx, answers, probe.questions, retriever.chunks)
         win_ref = reference_judge(names, scores, len(probe.questions), ctx.cfg.eval.ref_judge_margin)
-    section = metric_section(names, probe_columns(len(probe.pairs), len(probe.questions)), probe.questions,
-                             answers, prefs, scores, win_judge, win_ref, ctx.cfg.eval.bootstrap, ctx.cfg.seed)
+        rows = [i for i, q in enumerate(probe.questions) if q.get("verdict")]
+        if rows:
+            verdict_rows = [probe.questions[i] for i in rows]
+            forced = forced_verdicts(ctx, keys, verdict_rows, retriever, f"verdict rows ({probe.name})")
+            verdicts = verdict_section(names, verdict_rows, forced,
+                                       {n: [answers[n][i] for i in rows] for n in names},
+                                       ctx.cfg.eval.bootstrap, ctx.cfg.seed)
+    columns = probe_columns(len(probe.pairs), len(probe.questions),
+                            sum(bool(q.get("verdict")) for q in probe.questions))
+    section = metric_section(names, columns, probe.questions, answers, prefs, scores, win_judge, win_ref,
+                             ctx.cfg.eval.bootstrap, ctx.cfg.seed, verdicts)
     write_jsonl(ctx.run.eval_dir / f"probe-{probe.name}-details.jsonl",
                 pair_details(names, probe.pairs, prefs) + answer_details(names, probe.questions, answers, scores))
     return {**probe.source(), "independent": True, "note": PROBE_NOTE, **section, "judge": judge_stats,

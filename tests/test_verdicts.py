@@ -1,0 +1,157 @@
+"""Which side answers take: the free-answer reading, balanced accuracy with its intervals, the forced
+Yes/No choice on the real model, verdict rows in probe files, and blind human grading end to end."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+
+from conftest import valign
+from valign_edge.errors import UserError
+from valign_edge.eval_grading import read_marks, write_sheet
+from valign_edge.eval_markdown import render_markdown, verdict_table
+from valign_edge.eval_probes import load_probe
+from valign_edge.eval_verdicts import answer_verdict, forced_choice, verdict_section, verdict_summary
+from valign_edge.workspace import Run, write_json, write_jsonl
+
+
+@pytest.mark.parametrize("text, verdict", [
+    ("Yes, you can refuse it.", "yes"),
+    ("  **No.** You must not share it.", "no"),
+    ("Absolutely not: that is a breach.", "no"),
+    ("Of course not.", "no"),
+    ("Of course, go ahead.", "yes"),
+    ("You cannot keep the gift.", "no"),
+    ("You can keep a small homemade gift.", "yes"),
+    ("You should not do that.", "no"),
+    ("You should report it today.", "yes"),
+    ("It's not okay to do that.", "no"),
+    ("Never leave a record on the desk.", "no"),
+    ("Nobody may read a chart without a reason.", "no"),
+    ("The clinic values honesty above all.", None),
+    ("Note that this depends on the case.", None),
+    ("", None),
+])
+def test_answer_verdict_reads_the_opening(text, verdict):
+    assert answer_verdict(text) == verdict
+
+
+def test_balanced_accuracy_always_no_scores_half():
+    expected = ["yes"] * 3 + ["no"] * 7
+    s = verdict_summary(expected, ["no"] * 10, resamples=200)
+    assert s["balanced"] == 0.5 and s["yes_acc"] == 0.0 and s["no_acc"] == 1.0
+    assert (s["yes_n"], s["no_n"], s["said_no"], s["unclear"]) == (3, 7, 10, 0)
+    assert s["ci95"] == [0.5, 0.5]  # every resample of an always-No model is 0.5 too
+    # a plain accuracy would have called it 0.7
+    right = verdict_summary(expected, expected, resamples=200)
+    assert right["balanced"] == 1.0 and right["ci95"] == [1.0, 1.0]
+
+
+def test_balanced_accuracy_hand_computed_with_unclear_answers():
+    expected = ["yes", "yes", "yes", "yes", "no", "no"]
+    said = ["yes", "yes", None, "no", "no", None]
+    s = verdict_summary(expected, said, resamples=500, seed=1)
+    assert s["yes_acc"] == 0.5 and s["no_acc"] == 0.5 and s["balanced"] == 0.5 and s["unclear"] == 2
+    lo, hi = s["ci95"]
+    assert 0.0 <= lo <= 0.5 <= hi <= 1.0
+    lo, hi = s["yes_ci95"]  # Wilson for 2 of 4
+    assert lo == pytest.approx(0.150, abs=1e-3) and hi == pytest.approx(0.850, abs=1e-3)
+
+
+def test_forced_choice_and_section():
+    assert forced_choice({"yes_logprob": -0.5, "no_logprob": -2.0}) == "yes"
+    assert forced_choice({"yes_logprob": -3.0, "no_logprob": -2.0}) == "no"
+    assert forced_choice({"yes_logprob": None, "no_logprob": -2.0}) is None
+    rows = [{"verdict": "yes"}, {"verdict": "no"}]
+    forced = {"vanilla": [{"yes_logprob": -1, "no_logprob": -2}, {"yes_logprob": -1, "no_logprob": -2}],
+              "dpo": [{"yes_logprob": -1, "no_logprob": -2}, {"yes_logprob": -3, "no_logprob": -2}]}
+    answers = {"vanilla": [{"answer": "Yes."}, {"answer": "Sure."}], "dpo": [{"answer": "Yes."}, {"answer": "No."}]}
+    section = verdict_section(["vanilla", "dpo"], rows, forced, answers, 100, 0)
+    assert section["vanilla"]["forced"]["balanced"] == 0.5 and section["dpo"]["forced"]["balanced"] == 1.0
+    assert section["vanilla"]["free"]["balanced"] == 0.5 and section["dpo"]["free"]["balanced"] == 1.0
+    lines = verdict_table({"verdicts": section})
+    assert "on 2 answer rows with the document's verdict (1 yes, 1 no)" in lines[0]
+    assert any(line.startswith("| dpo | 1.000 [1.000, 1.000] | 1/1 | 1/1 | 1.000") for line in lines)
+
+
+def test_probe_verdict_and_section_keys(tmp_path):
+    path = tmp_path / "p.jsonl"
+    write_jsonl(path, [{"id": "a1", "question": "Can I?", "reference": "No.", "verdict": "no", "section": "2. Rules"},
+                       {"id": "p1", "prompt": "May I?", "chosen": "Yes.", "rejected": "No.", "section": "3. Rights"}])
+    probe = load_probe(path)
+    assert probe.questions[0]["verdict"] == "no" and probe.questions[0]["section"] == "2. Rules"
+    assert probe.pairs[0]["section"] == "3. Rights"
+    for bad, what in (({"question": "Q?", "reference": "R.", "verdict": "maybe"}, '"verdict" must be "yes" or "no"'),
+                      ({"prompt": "P?", "chosen": "A.", "rejected": "B.", "verdict": "no"}, "unknown key verdict"),
+                      ({"question": "Q?", "reference": "R.", "section": ""}, '"section" must be a non-empty')):
+        write_jsonl(path, [bad])
+        with pytest.raises(UserError, match=what):
+            load_probe(path)
+
+
+def _graded_run(tmp_path) -> Run:
+    run = Run.open(tmp_path / "run")
+    rows = [{"id": f"q{i}", "kind": "probe", "question": f"Question {i}?", "reference": f"Yes. Reason {i}.",
+             "verdict": "yes", "answers": {"vanilla": {"text": f"No {i}."}, "dpo": {"text": f"Yes {i}."}}}
+            for i in range(3)]
+    write_jsonl(run.eval_dir / "probe-mine-details.jsonl", [{"id": "p", "kind": "preference", "margins": {}}] + rows)
+    write_json(run.eval_dir / "report.json", {"run": str(run.root), "systems": ["vanilla", "dpo"], "probes": [],
+                                               "test_set": {}})
+    return run
+
+
+def test_grading_sheet_is_blind_and_marks_come_back(tmp_path):
+    run = _graded_run(tmp_path)
+    sheet = tmp_path / "grades.csv"
+    made = write_sheet(run, sheet, seed=3)
+    assert made == {"items": 6, "questions": 3, "systems": 2, "source": "probe mine"}
+    with sheet.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["item"] for r in rows] == [str(i) for i in range(1, 7)]
+    text = sheet.read_text()
+    assert "vanilla" not in text and "dpo" not in text  # system names hidden
+    key = json.loads((run.eval_dir / "grading-key.json").read_text())["items"]
+    assert [key[r["item"]]["system"] for r in rows] != ["vanilla", "dpo"] * 3  # shuffled
+    # a person marks every "Yes" answer faithful, skips one "No" answer
+    for r in rows:
+        r["mark"] = "f" if r["answer"].startswith("Yes") else ("" if r["answer"] == "No 0." else "u")
+    with sheet.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    grades = read_marks(run, sheet)
+    assert grades["dpo"]["rate"] == 1.0 and grades["dpo"]["n"] == 3
+    assert grades["vanilla"] == {"faithful": 0, "unfaithful": 2, "skipped": 1, "n": 2, "rate": 0.0,
+                                 "ci95": pytest.approx([0.0, 0.6576], abs=1e-3)}
+    proc = valign("eval", run.root, "--grades", sheet, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "| dpo | 1.000 [" in proc.stdout
+    md = (run.eval_dir / "report.md").read_text()
+    assert md.index("## Human grading (blind)") < md.index("## Held-out") and "| vanilla | 0.000 [" in md
+    assert json.loads((run.eval_dir / "report.json").read_text())["human_grades"]["dpo"]["faithful"] == 3
+    assert render_markdown(json.loads((run.eval_dir / "report.json").read_text())) == md
+
+    rows[0]["mark"] = "maybe"
+    with sheet.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    bad = valign("eval", run.root, "--grades", sheet, timeout=120)
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+    assert "mark 'maybe' is not f (faithful), u (unfaithful) or empty" in bad.stderr
+
+
+def test_forced_yes_no_on_the_real_model(teacher_gguf):
+    from valign_edge.runtime import Runtime
+
+    rt = Runtime(teacher_gguf, logits=True, threads=(1, 1))
+    for question in ("Is Paris in France?", "Can fish fly?"):
+        msgs = [{"role": "user", "content": f"{question}\n\nAnswer with Yes or No."}]
+        yes, no = rt.first_token_logprobs(msgs, ["Yes", "No"])
+        assert yes < 0 and no < 0 and yes != no  # a real distribution over the first token
+        assert rt.first_token_logprobs(msgs, ["Yes", "No"]) == [yes, no]  # the same numbers again
+        text, _ = rt.answer(msgs, 4)  # the greedy reply opens with the likelier of the two
+        assert answer_verdict(text) == ("yes" if yes > no else "no"), text
+    rt.close()
