@@ -1,9 +1,11 @@
-"""Preference accuracy of a run's systems on hand-written probes, without answer generation.
+"""Preference accuracy and verdict accuracy of a run's systems on hand-written probes.
 
-    python bench/probe_pref.py RUN PROBE.jsonl [PROBE2.jsonl ...] [--systems vanilla,sft,dpo]
+    python bench/probe_pref.py RUN PROBE.jsonl [PROBE2.jsonl ...] [--systems vanilla,sft,dpo] [--free]
 
-The same code and cache as ``valign eval --probe`` (preference rows only): a quick check while
-tuning generation and training. Prints accuracy, its 95% interval, n and the mean margin per system.
+The same code and cache as ``valign eval --probe`` (no held-out set, no judge, no text metrics): a
+quick check while tuning generation and training. Prints, per system, preference accuracy with its
+95% interval, n and mean margin, and on the answer rows with a verdict the forced Yes/No balanced
+accuracy (and with ``--free`` the free greedy answers' balanced accuracy: answers are generated).
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from valign_edge.cpu import auto_threads  # noqa: E402
 from valign_edge.eval_answers import preference_scores  # noqa: E402
 from valign_edge.eval_probes import load_probe  # noqa: E402
 from valign_edge.eval_systems import Context, Retriever, find_systems, system_keys  # noqa: E402
+from valign_edge.eval_answers import generate_answers  # noqa: E402
+from valign_edge.eval_verdicts import forced_verdicts, verdict_section  # noqa: E402
 from valign_edge.events import null_callback  # noqa: E402
 from valign_edge.workspace import Run, read_jsonl  # noqa: E402
 
@@ -32,19 +36,33 @@ def main() -> int:
     ap.add_argument("probes", nargs="+")
     ap.add_argument("--systems", default="vanilla,sft,dpo")
     ap.add_argument("--json", help="also write the summaries here")
+    ap.add_argument("--free", action="store_true", help="also generate free answers and read their verdicts")
+    ap.add_argument("--no-pref", action="store_true", help="skip the preference rows")
     args = ap.parse_args()
     run = Run(Path(args.run))
     cfg = copy.deepcopy(resolve(run.config_path))
     cfg.eval.systems = args.systems
     systems = find_systems(run, cfg, null_callback)
     ctx = Context(run, cfg, null_callback, systems, threads=auto_threads(0, 0))
-    retriever = Retriever(read_jsonl(run.chunks_path), cfg.eval.rag_top_k)
+    retriever = Retriever(read_jsonl(run.chunks_path), cfg.eval.rag_top_k, cfg.eval.retriever)
     keys = system_keys(systems, cfg, retriever, {})
     out = {}
     for path in args.probes:
         probe = load_probe(path)
-        prefs = preference_scores(ctx, keys, probe.pairs, retriever, probe.name)
-        for s in systems:
+        prefs = {} if args.no_pref else preference_scores(ctx, keys, probe.pairs, retriever, probe.name)
+        rows = [q for q in probe.questions if q.get("verdict")]
+        if rows:
+            forced = forced_verdicts(ctx, keys, rows, retriever, probe.name)
+            free = generate_answers(ctx, keys, rows, retriever, probe.name) if args.free else None
+            for name, entry in verdict_section([s.name for s in systems], rows, forced, free, cfg.eval.bootstrap,
+                                               cfg.seed).items():
+                out[f"{probe.name}/{name}/verdicts"] = entry
+                for kind, v in entry.items():
+                    ci = v["ci95"] or [float("nan")] * 2
+                    print(f"{probe.name:>28} {name:>8}: {kind:>6} verdict {v['balanced']:.3f} [{ci[0]:.3f}, "
+                          f"{ci[1]:.3f}] yes {v['yes_correct']}/{v['yes_n']} no {v['no_correct']}/{v['no_n']}"
+                          f" unclear {v['unclear']}", flush=True)
+        for s in systems if prefs else []:
             summary = metrics.preference_summary(prefs[s.name], cfg.eval.bootstrap, cfg.seed)
             out[f"{probe.name}/{s.name}"] = summary
             ci = summary["ci95"] or [float("nan")] * 2

@@ -155,3 +155,71 @@ def test_forced_yes_no_on_the_real_model(teacher_gguf):
         text, _ = rt.answer(msgs, 4)  # the greedy reply opens with the likelier of the two
         assert answer_verdict(text) == ("yes" if yes > no else "no"), text
     rt.close()
+
+
+# --- training data: balanced verdicts and verdict-only pairs -------------------------------------------------
+
+def _pair(i: int, verdict: str) -> dict:
+    yes = verdict == "yes"
+    return {"prompt": f"Situation {i}?", "chosen": ("Yes, you can. " if yes else "No, you should not. ") + "Reason.",
+            "rejected": ("No, you cannot. " if yes else "Yes, you can. ") + "Other reason.",
+            "meta": {"id": f"r{i}", "verdict": verdict}}
+
+
+def test_balance_repeats_the_rarer_verdict_and_verdict_pairs_isolate_the_verdict():
+    from valign_edge.datasets import balance_verdicts, verdict_rows
+
+    rows = [_pair(i, "no") for i in range(5)] + [_pair(i, "yes") for i in range(5, 7)] + \
+        [{"prompt": "Open?", "chosen": "A.", "rejected": "B.", "meta": {"id": "open"}}]
+    out = balance_verdicts(rows)
+    said = [r["meta"].get("verdict") for r in out]
+    assert said.count("yes") == said.count("no") == 5 and said.count(None) == 1
+    assert out[: len(rows)] == rows and [r["meta"]["repeat"] for r in out[len(rows):]] == [1, 1, 2]
+    assert balance_verdicts(rows[:5]) == rows[:5]  # nothing to balance against
+    short = verdict_rows(rows)
+    assert len(short) == 7 and short[0]["chosen"] == "No, you should not." and short[0]["rejected"] == "Yes, you can."
+    assert short[0]["meta"]["id"] == "r0-verdict" and short[0]["meta"]["kind"] == "verdict"
+    assert all(r["prompt"] == s["prompt"] for r, s in zip(rows, short))
+
+
+def test_build_balances_only_the_training_split(tmp_path):
+    from valign_edge.datasets import build
+    from valign_edge.workspace import append_jsonl
+
+    run = Run.open(tmp_path / "run")
+    items = [{"prompt": f"Can I do thing {i}?", "chosen": "No, you should not. Reason.",
+              "rejected": "Yes, you can. Excuse.", "document_says": "no"} for i in range(30)]
+    items += [{"prompt": f"May I do other thing {i}?", "chosen": "Yes, you may. Reason.",
+               "rejected": "No, you may not. Excuse.", "document_says": "yes"} for i in range(10)]
+    append_jsonl(run.synth_dir / "dpo.jsonl", {"chunk_id": "c1", "span": [0, 1], "items": items})
+    append_jsonl(run.synth_dir / "sft.jsonl", {"chunk_id": "c1", "span": [0, 1], "items": []})
+    build(run, ["c1"], 0.1, 0.15, 0)
+    train = [json.loads(x) for x in run.split_path("dpo", "train").read_text().splitlines()]
+    said = [r["meta"]["verdict"] for r in train]
+    assert said.count("yes") == said.count("no")
+    assert sum(r["meta"].get("kind") == "verdict" for r in train) > 0
+    for name in ("valid", "test"):
+        held = [json.loads(x) for x in run.split_path("dpo", name).read_text().splitlines()]
+        assert not any("repeat" in r["meta"] or r["meta"].get("kind") for r in held)
+        assert len({r["meta"]["id"] for r in held}) == len(held)
+    sft = [json.loads(x) for x in run.split_path("sft", "train").read_text().splitlines()]
+    said = [r["meta"]["verdict"] for r in sft]
+    assert said.count("yes") == said.count("no")
+    build(run, ["c1"], 0.1, 0.15, 0, balance=False, verdict_pairs=False)
+    plain = [json.loads(x) for x in run.split_path("dpo", "train").read_text().splitlines()]
+    assert not any("repeat" in r["meta"] or r["meta"].get("kind") for r in plain) and len(plain) < len(train)
+
+
+def test_balance_within_question_forms():
+    from valign_edge.datasets import balance_verdicts, question_form
+
+    assert question_form("Quick question. Can I keep the gift?") == "can i"
+    assert question_form("My manager asked me to do it. Should I do it?") == "should i"
+    rows = [dict(_pair(i, "no"), prompt=f"Can I do {i}?") for i in range(6)]
+    rows += [dict(_pair(9, "yes"), prompt="Can I say no to 9?")]
+    rows += [dict(_pair(i, "yes"), prompt=f"Should I do {i}?") for i in range(10, 14)]
+    out = balance_verdicts(rows)
+    can = [r["meta"]["verdict"] for r in out if r["prompt"].startswith("Can I")]
+    assert can.count("yes") == 3  # the one yes-row repeated at most twice more
+    said = [r["meta"]["verdict"] for r in out]
+    assert said.count("yes") == said.count("no")

@@ -28,10 +28,11 @@ def resolve_target(target: Path, vanilla: bool = False) -> tuple[Path, Path | No
 
 
 def _rag_index(run_dir: Path | None):
-    """The BM25 index over the run's chunks, or one line saying why there is none."""
+    """The index over the run's chunks (the run's ``eval.retriever``), or one line saying why there is none."""
     if run_dir is None:
         raise UserError("--rag needs a run folder (it retrieves from the run's document)")
-    from .retrieval import ChunkIndex
+    from .config import resolve
+    from .retrieval import make_index
     from .workspace import Run, read_jsonl
 
     run = Run.open(run_dir, create=False)
@@ -40,7 +41,17 @@ def _rag_index(run_dir: Path | None):
             raise UserError(f"{run_dir}'s chunks were purged (valign purge), so --rag has nothing to retrieve; "
                             "chat without --rag")
         raise UserError(f"{run_dir} has no chunks for --rag; run: valign generate DOC --out {run_dir}")
-    return ChunkIndex.for_run(run)
+    kind = resolve(run.config_path).eval.retriever if run.config_path.exists() else "dense"
+    return make_index(read_jsonl(run.chunks_path), kind)
+
+
+def source_line(passage: dict, width: int = 100) -> str:
+    """Where a retrieved passage comes from: its section heading and the start of its text."""
+    lines = [ln for ln in passage.get("text", "").splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+    quote = " ".join(" ".join(lines).split())
+    quote = quote if len(quote) <= width else quote[: width - 3].rsplit(" ", 1)[0] + "..."
+    heading = passage.get("heading") or "(no heading)"
+    return f'{heading}: "{quote}"'
 
 
 class ChatSession:
@@ -55,13 +66,15 @@ class ChatSession:
         self.history: list[dict] = []
         self.max_tokens = max_tokens
         self.rag_top_k = rag_top_k
+        self.sources: list[dict] = []  # the passages the last answer was given
 
     def ask(self, question: str):
         messages = list(self.history)
         if self.index is not None:
             from .retrieval import rag_messages
 
-            messages += rag_messages(question, self.index.search(question, self.rag_top_k))
+            self.sources = self.index.search(question, self.rag_top_k)
+            messages += rag_messages(question, self.sources)
         else:
             messages.append({"role": "user", "content": question})
         answer = []
@@ -81,6 +94,11 @@ class ChatSession:
         self.runtime.close()
 
 
+def _print_sources(session: ChatSession) -> None:
+    for passage in session.sources:
+        print(f"  source: {source_line(passage)}")
+
+
 def chat_cli(target: Path, prompt: str | None = None, rag: bool = False, vanilla: bool = False,
              max_tokens: int = 256) -> int:
     gguf, run_dir = resolve_target(target, vanilla)
@@ -90,6 +108,7 @@ def chat_cli(target: Path, prompt: str | None = None, rag: bool = False, vanilla
             sys.stdout.write(piece)
             sys.stdout.flush()
         print()
+        _print_sources(session)
         return 0
     print(f"chatting with {gguf.name}{' + RAG' if rag else ''}; Ctrl-D or /exit to leave", file=sys.stderr)
     while True:
@@ -107,6 +126,7 @@ def chat_cli(target: Path, prompt: str | None = None, rag: bool = False, vanilla
             sys.stdout.write(piece)
             sys.stdout.flush()
         print()
+        _print_sources(session)
 
 
 def side_by_side(run, cfg, question: str | None = None) -> None:

@@ -49,6 +49,10 @@ class GenerateConfig:
     min_grounding: float = opt(0.25, "least share of an answer's content words found in its chunk")
     dedup_threshold: float = opt(0.7, "word-set Jaccard above which two questions count as duplicates")
     value_threshold: int = opt(1, "value cues a chunk needs to get DPO pairs (must, shall, right, ...)")
+    balance_verdicts: bool = opt(True, "repeat training rows of the rarer verdict (yes or no) until both are as "
+                                       "many, so the student does not learn to answer No (or Yes) to everything")
+    verdict_pairs: bool = opt(True, "add a short preference pair per stance pair, the verdict sentence alone on "
+                                    "each side, so DPO moves the verdict and not only the reason's wording")
     valid_fraction: float = opt(0.1, "share of records held out for validation")
     test_fraction: float = opt(0.15, "share of records held out for testing")
     n_ctx: int = opt(2048, "teacher context size")
@@ -109,7 +113,10 @@ class ExportConfig:
 class EvalConfig:
     max_questions: int = opt(0, "evaluate on at most N test questions (0: all)")
     max_new_tokens: int = opt(128, "answer length limit")
-    rag_top_k: int = opt(2, "chunks retrieved for the RAG systems")
+    rag_top_k: int = opt(2, "chunks retrieved for the RAG systems and chat --rag")
+    retriever: str = opt("dense", "how the RAG systems and chat --rag find passages: dense (MiniLM sentence "
+                                  "embeddings), bm25 (word overlap) or hybrid (both, rank-fused); "
+                                  "bench/retrieval_recall.py")
     judge: str = opt("", "judge model (preset, GGUF path, or a server's http://HOST:PORT/v1; empty: the teacher)")
     judge_model: str = opt("", "model a server judge is asked for (empty: the one model the server lists; the "
                                "teacher's teacher.model when the judge is the teacher)")
@@ -165,6 +172,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 
 CHOICES = {
+    "eval.retriever": ("dense", "bm25", "hybrid"),
     "generate.answer_style": ("extractive", "free"),
     "generate.negatives": ("contrastive", "negation"),
     "generate.faithful": ("document", "teacher"),

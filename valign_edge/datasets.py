@@ -7,6 +7,7 @@ a document the model has studied (the paper's setting). User edits from the data
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from .errors import UserError
@@ -34,9 +35,19 @@ def sft_rows_from_pairs(synth: list[dict]) -> list[dict]:
     """The faithful side of every preference pair, as an SFT example: SFT then learns the stances
     that DPO sharpens. A pair's SFT row shares its id, so both land in the same split. Where the teacher
     wrote the pair's reason, SFT gets the grounded answer (the verdict, then the document's sentence)."""
-    return sft_rows([{**rec, "items": [{"question": i["prompt"], "answer": i.get("grounded", i["chosen"])}
+    rows = sft_rows([{**rec, "items": [{"question": i["prompt"], "answer": i.get("grounded", i["chosen"])}
                                        for i in rec["items"]]}
                      for rec in synth])
+    return _with_verdicts(rows, synth)
+
+
+def _with_verdicts(rows: list[dict], synth: list[dict]) -> list[dict]:
+    """The document's verdict of each stance pair (``document_says``) in its rows' meta."""
+    says = [i.get("document_says") for rec in synth for i in rec["items"]]
+    for row, verdict in zip(rows, says):
+        if verdict in ("yes", "no"):
+            row["meta"]["verdict"] = verdict
+    return rows
 
 
 def dpo_rows(synth: list[dict]) -> list[dict]:
@@ -46,6 +57,61 @@ def dpo_rows(synth: list[dict]) -> list[dict]:
             rows.append({"prompt": item["prompt"], "chosen": item["chosen"], "rejected": item["rejected"],
                          "meta": {"id": record_id(rec["chunk_id"], item["prompt"]), "chunk_id": rec["chunk_id"],
                                   "span": rec["span"]}})
+    return _with_verdicts(rows, synth)
+
+
+def _first_sentence(text: str) -> str:
+    head = re.split(r"(?<=[.!?])\s", text.strip(), maxsplit=1)[0]
+    return head if head.endswith((".", "!", "?")) else ""
+
+
+def verdict_rows(rows: list[dict]) -> list[dict]:
+    """A short pair per stance pair: the verdict sentence alone on each side ("No, it is not okay." vs "Yes,
+    that is okay."), so the preference loss falls on the verdict, not on the reason's wording."""
+    out = []
+    for row in rows:
+        if "verdict" not in row["meta"]:
+            continue
+        chosen, rejected = _first_sentence(row["chosen"]), _first_sentence(row["rejected"])
+        if chosen and rejected and chosen.split()[0].lower() != rejected.split()[0].lower():
+            out.append({"prompt": row["prompt"], "chosen": chosen, "rejected": rejected,
+                        "meta": {**row["meta"], "id": row["meta"]["id"] + "-verdict", "kind": "verdict"}})
+    return out
+
+
+def question_form(prompt: str) -> str:
+    """The first two words of a prompt's last sentence: "Can I", "Is it", "Should we", ..."""
+    last = re.split(r"(?<=[.!?:])\s+", prompt.strip())[-1]
+    return " ".join(last.lower().split()[:2])
+
+
+def _repeat(rows: list[dict], n: int) -> list[dict]:
+    return [dict(rows[i % len(rows)], meta={**rows[i % len(rows)]["meta"], "repeat": 1 + i // len(rows)})
+            for i in range(n)]
+
+
+def balance_verdicts(rows: list[dict], max_repeat: int = 2) -> list[dict]:
+    """Repeat rows of the rarer verdict until yes- and no-rows are as many, first within each question form
+    (up to ``max_repeat`` extra copies of a row), then overall: most rules forbid, and a student trained on
+    more "No" rows, or on "Can I ...?" rows that are nearly all "No", learns to answer by the question's
+    form or by habit instead of by what the document says."""
+    forms: dict[str, dict[str, list[dict]]] = {}
+    for row in rows:
+        verdict = row["meta"].get("verdict")
+        if verdict in ("yes", "no"):
+            forms.setdefault(question_form(row["prompt"] if "prompt" in row else row["messages"][0]["content"]),
+                             {"yes": [], "no": []})[verdict].append(row)
+    extra: list[dict] = []
+    for by in forms.values():
+        few, many = sorted(by.values(), key=len)
+        if few:
+            extra += _repeat(few, min(len(many) - len(few), max_repeat * len(few)))
+    rows = rows + extra
+    by = {v: [r for r in rows if r["meta"].get("verdict") == v and "repeat" not in r["meta"]] for v in ("yes", "no")}
+    counts = {v: sum(r["meta"].get("verdict") == v for r in rows) for v in ("yes", "no")}
+    rare = min(counts, key=counts.get)
+    if by[rare] and counts[rare] < counts["yes" if rare == "no" else "no"]:
+        rows = rows + _repeat(by[rare], abs(counts["yes"] - counts["no"]))
     return rows
 
 
@@ -103,7 +169,7 @@ def split(rows: list[dict], valid_fraction: float, test_fraction: float, seed: i
 
 
 def build(run: Run, chunk_ids: list[str], valid_fraction: float, test_fraction: float, seed: int,
-          key: str | None = None) -> dict[str, Any]:
+          key: str | None = None, balance: bool = True, verdict_pairs: bool = True) -> dict[str, Any]:
     """Write ``data/{sft,dpo}/{train,valid,test}.jsonl`` from the synth records of ``chunk_ids``."""
     wanted = set(chunk_ids)
     order = {cid: i for i, cid in enumerate(chunk_ids)}
@@ -119,6 +185,10 @@ def build(run: Run, chunk_ids: list[str], valid_fraction: float, test_fraction: 
             dpo_rows(records("dpo"))
         rows = apply_edits(made, edits)
         parts = split(rows, valid_fraction, test_fraction, seed)
+        if kind == "dpo" and verdict_pairs:
+            parts["train"] = parts["train"] + verdict_rows(parts["train"])
+        if balance:  # the training split only: held-out rows are never repeated
+            parts["train"] = balance_verdicts(parts["train"])
         for name in SPLITS:
             write_jsonl(run.split_path(kind, name), parts[name])
         counts[kind] = {name: len(parts[name]) for name in SPLITS}

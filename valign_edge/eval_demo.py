@@ -49,7 +49,7 @@ def measured_effect(run: Run, cfg: RunConfig, probe_path: Path | None = None,
     pair_cfg.eval.systems = f"{BASELINE_SYSTEM},{REFERENCE_SYSTEM}"
     systems = find_systems(run, pair_cfg, emit)
     ctx = Context(run, cfg, emit, systems, threads=auto_threads(cfg.eval.n_threads, cfg.eval.n_threads_batch))
-    retriever = Retriever(read_jsonl(run.chunks_path), cfg.eval.rag_top_k)
+    retriever = Retriever(read_jsonl(run.chunks_path), cfg.eval.rag_top_k, cfg.eval.retriever)
     keys = system_keys(systems, cfg, retriever, {})  # the same keys as valign eval: one shared cache
     prefs = preference_scores(ctx, keys, probe.pairs, retriever, f"probe pairs ({probe.name})") if probe.pairs else {}
     summaries = {s.name: metrics.preference_summary(prefs.get(s.name, []), cfg.eval.bootstrap, cfg.seed)

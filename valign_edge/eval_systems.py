@@ -81,16 +81,22 @@ def find_systems(run: Run, cfg: RunConfig, emit: Callback) -> list[System]:
 
 
 class Retriever:
-    """BM25 over a set of chunks; the RAG systems put the top ``top_k`` into the prompt."""
+    """Retrieval over a set of chunks (``eval.retriever``); the RAG systems put the top ``top_k`` into the
+    prompt. The index is built on first use: a run without RAG systems never loads the encoder."""
 
-    def __init__(self, chunks: list[dict], top_k: int):
+    def __init__(self, chunks: list[dict], top_k: int, kind: str = "bm25"):
         self.top_k = top_k
         self.chunks = chunks
-        self.index = None
-        if chunks:
-            from .retrieval import ChunkIndex
+        self.kind = kind
+        self._index = None
 
-            self.index = ChunkIndex(chunks)
+    @property
+    def index(self):
+        if self._index is None and self.chunks:
+            from .retrieval import make_index
+
+            self._index = make_index(self.chunks, self.kind)
+        return self._index
 
     def messages(self, question: str, rag: bool) -> list[dict]:
         if not rag or self.index is None:
@@ -123,7 +129,8 @@ def system_key(system: System, cfg: RunConfig, chunks_id: str, ids: dict) -> str
     """What a system's answers depend on: weights, adapter, retrieval and decoding."""
     return hash_obj([EVAL_VERSION, _file_id(system.model, ids), _file_id(system.lora, ids), system.rag,
                      cfg.eval.rag_top_k if system.rag else None, chunks_id if system.rag else None,
-                     cfg.eval.max_new_tokens, DECODING])
+                     cfg.eval.max_new_tokens, DECODING]
+                    + ([cfg.eval.retriever] if system.rag and cfg.eval.retriever != "bm25" else []))
 
 
 def system_keys(systems: list[System], cfg: RunConfig, retriever: Retriever, ids: dict) -> dict[str, str]:

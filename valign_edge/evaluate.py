@@ -169,8 +169,8 @@ def evaluate(run: Run, cfg: RunConfig, emit: Callback, doc: Path | None = None,
                                  tests.source.get("splits"))
     if advice:
         log(emit, "eval", advice)
-    retriever = Retriever(tests.chunks, cfg.eval.rag_top_k)
-    probe_retriever = retriever if doc is None else Retriever(run_chunks, cfg.eval.rag_top_k)
+    retriever = Retriever(tests.chunks, cfg.eval.rag_top_k, cfg.eval.retriever)
+    probe_retriever = retriever if doc is None else Retriever(run_chunks, cfg.eval.rag_top_k, cfg.eval.retriever)
     names = [s.name for s in systems]
     inputs = {"test_set": tests.source, "systems": names, "probes": [p.source() for p in loaded]}
     with run.stage("eval", key, inputs) as result:

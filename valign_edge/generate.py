@@ -84,7 +84,7 @@ def generate(run: Run, cfg: RunConfig, emit: Callback, doc: str | Path | None = 
         counts = synthesize(run, chunks, teacher, gen, cfg.seed, model_id(teacher_ref), emit, should_stop)
         skey = synth_key(gen, model_id(teacher_ref), cfg.seed)
         counts["splits"] = datasets.build(run, [c.id for c in chunks], gen.valid_fraction, gen.test_fraction,
-                                          cfg.seed, skey)
+                                          cfg.seed, skey, gen.balance_verdicts, gen.verdict_pairs)
         counts["teacher"] = teacher.stats()
         if counts["sft_records"] == 0:
             raise UserError(advice.no_records(chunks, counts))
@@ -105,7 +105,7 @@ def rebuild_splits(run: Run, cfg: RunConfig) -> dict:
     teacher_ref = models.resolve(cfg.teacher, "teacher")
     gen = cfg.generate
     return datasets.build(run, [c["id"] for c in chunks], gen.valid_fraction, gen.test_fraction, cfg.seed,
-                          synth_key(gen, model_id(teacher_ref), cfg.seed))
+                          synth_key(gen, model_id(teacher_ref), cfg.seed), gen.balance_verdicts, gen.verdict_pairs)
 
 
 def add_edit(run: Run, record_id: str, action: str, fields: dict | None = None) -> None:

@@ -28,7 +28,8 @@ def synth_key(cfg: GenerateConfig, teacher_id: str, seed: int) -> str:
     """What the per-chunk outputs depend on: records made under another key are regenerated."""
     fields = {k: v for k, v in asdict(cfg).items() if k not in ("max_chunks", "valid_fraction", "test_fraction",
                                                                "n_threads", "n_threads_batch", "chunk_tokens",
-                                                               "chunk_overlap", "concurrency")
+                                                               "chunk_overlap", "concurrency", "balance_verdicts",
+                                                               "verdict_pairs")
               and not (k == "teacher_model" and not v)}
     return hash_obj([fields, teacher_id, seed])
 

@@ -168,6 +168,11 @@ class ChatScreen(ValignScreen):
                         self.post_message(ChatPiece(pane, " [stopped]"))
                         break
                     self.post_message(ChatPiece(pane, piece))
+                else:
+                    from valign_edge.chat import source_line
+
+                    for passage in session.sources:  # where the answer's passages come from
+                        self.post_message(ChatPiece(pane, f"\n  source: {source_line(passage)}"))
             except Exception as exc:  # noqa: BLE001 - shown in the pane
                 self.post_message(ChatPiece(pane, error_text(exc), error=True))
             if self._stop.is_set():
