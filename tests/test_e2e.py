@@ -180,6 +180,10 @@ def test_chat_answers_with_the_aligned_model(quick_run):
     assert len(proc.stdout.strip()) > 0
     rag = valign("chat", out, "--rag", "--prompt", "Is borrowing private?", "--max-tokens", "16")
     assert rag.returncode == 0 and rag.stdout.strip()
+    # the answer names where its passages come from: sections that exist in the document
+    headings = {json.loads(line)["heading"] for line in (out / "chunks.jsonl").read_text().splitlines()}
+    sources = [line.split("source: ", 1)[1] for line in rag.stdout.splitlines() if line.startswith("  source: ")]
+    assert sources and all(any(src.startswith(f'{h}: "') for h in headings) for src in sources), rag.stdout
 
 
 def test_rerun_skips_every_stage(quick_run):

@@ -637,7 +637,7 @@ def test_evaluation_screen_shows_table_and_bars(in_sample):
     shown = _show_report(Path("demo-run"), report)
     _check_screen_shows(shown, report)
     assert len(shown["rows"]) == 5 and len(shown["columns"]) == 8  # 5 systems, 7 metrics
-    dpo_judge = dict(shown["charts"])["dpo win rate vs system (judge model)"]
+    dpo_judge = dict(shown["charts"])["dpo preferred by the judge model (vs system)"]
     assert "n/a" in dpo_judge  # dpo is what the win rates are about: no bar of its own
 
 

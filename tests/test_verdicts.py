@@ -193,7 +193,7 @@ def test_build_balances_only_the_training_split(tmp_path):
                "rejected": "No, you may not. Excuse.", "document_says": "yes"} for i in range(10)]
     append_jsonl(run.synth_dir / "dpo.jsonl", {"chunk_id": "c1", "span": [0, 1], "items": items})
     append_jsonl(run.synth_dir / "sft.jsonl", {"chunk_id": "c1", "span": [0, 1], "items": []})
-    build(run, ["c1"], 0.1, 0.15, 0)
+    build(run, ["c1"], 0.1, 0.15, 0, balance=True, verdict_pairs=True)
     train = [json.loads(x) for x in run.split_path("dpo", "train").read_text().splitlines()]
     said = [r["meta"]["verdict"] for r in train]
     assert said.count("yes") == said.count("no")
@@ -208,18 +208,3 @@ def test_build_balances_only_the_training_split(tmp_path):
     build(run, ["c1"], 0.1, 0.15, 0, balance=False, verdict_pairs=False)
     plain = [json.loads(x) for x in run.split_path("dpo", "train").read_text().splitlines()]
     assert not any("repeat" in r["meta"] or r["meta"].get("kind") for r in plain) and len(plain) < len(train)
-
-
-def test_balance_within_question_forms():
-    from valign_edge.datasets import balance_verdicts, question_form
-
-    assert question_form("Quick question. Can I keep the gift?") == "can i"
-    assert question_form("My manager asked me to do it. Should I do it?") == "should i"
-    rows = [dict(_pair(i, "no"), prompt=f"Can I do {i}?") for i in range(6)]
-    rows += [dict(_pair(9, "yes"), prompt="Can I say no to 9?")]
-    rows += [dict(_pair(i, "yes"), prompt=f"Should I do {i}?") for i in range(10, 14)]
-    out = balance_verdicts(rows)
-    can = [r["meta"]["verdict"] for r in out if r["prompt"].startswith("Can I")]
-    assert can.count("yes") == 3  # the one yes-row repeated at most twice more
-    said = [r["meta"]["verdict"] for r in out]
-    assert said.count("yes") == said.count("no")

@@ -49,10 +49,10 @@ class GenerateConfig:
     min_grounding: float = opt(0.25, "least share of an answer's content words found in its chunk")
     dedup_threshold: float = opt(0.7, "word-set Jaccard above which two questions count as duplicates")
     value_threshold: int = opt(1, "value cues a chunk needs to get DPO pairs (must, shall, right, ...)")
-    balance_verdicts: bool = opt(True, "repeat training rows of the rarer verdict (yes or no) until both are as "
-                                       "many, so the student does not learn to answer No (or Yes) to everything")
-    verdict_pairs: bool = opt(True, "add a short preference pair per stance pair, the verdict sentence alone on "
-                                    "each side, so DPO moves the verdict and not only the reason's wording")
+    balance_verdicts: bool = opt(False, "repeat training rows of the rarer verdict (yes or no) until both are as "
+                                        "many (measured: no conclusive change; bench/RESULTS-eval.md)")
+    verdict_pairs: bool = opt(False, "add a short preference pair per stance pair, the verdict sentence alone on "
+                                     "each side (measured: no conclusive change; bench/RESULTS-eval.md)")
     valid_fraction: float = opt(0.1, "share of records held out for validation")
     test_fraction: float = opt(0.15, "share of records held out for testing")
     n_ctx: int = opt(2048, "teacher context size")

@@ -79,40 +79,15 @@ def verdict_rows(rows: list[dict]) -> list[dict]:
     return out
 
 
-def question_form(prompt: str) -> str:
-    """The first two words of a prompt's last sentence: "Can I", "Is it", "Should we", ..."""
-    last = re.split(r"(?<=[.!?:])\s+", prompt.strip())[-1]
-    return " ".join(last.lower().split()[:2])
-
-
-def _repeat(rows: list[dict], n: int) -> list[dict]:
-    return [dict(rows[i % len(rows)], meta={**rows[i % len(rows)]["meta"], "repeat": 1 + i // len(rows)})
-            for i in range(n)]
-
-
-def balance_verdicts(rows: list[dict], max_repeat: int = 2) -> list[dict]:
-    """Repeat rows of the rarer verdict until yes- and no-rows are as many, first within each question form
-    (up to ``max_repeat`` extra copies of a row), then overall: most rules forbid, and a student trained on
-    more "No" rows, or on "Can I ...?" rows that are nearly all "No", learns to answer by the question's
-    form or by habit instead of by what the document says."""
-    forms: dict[str, dict[str, list[dict]]] = {}
-    for row in rows:
-        verdict = row["meta"].get("verdict")
-        if verdict in ("yes", "no"):
-            forms.setdefault(question_form(row["prompt"] if "prompt" in row else row["messages"][0]["content"]),
-                             {"yes": [], "no": []})[verdict].append(row)
-    extra: list[dict] = []
-    for by in forms.values():
-        few, many = sorted(by.values(), key=len)
-        if few:
-            extra += _repeat(few, min(len(many) - len(few), max_repeat * len(few)))
-    rows = rows + extra
-    by = {v: [r for r in rows if r["meta"].get("verdict") == v and "repeat" not in r["meta"]] for v in ("yes", "no")}
-    counts = {v: sum(r["meta"].get("verdict") == v for r in rows) for v in ("yes", "no")}
-    rare = min(counts, key=counts.get)
-    if by[rare] and counts[rare] < counts["yes" if rare == "no" else "no"]:
-        rows = rows + _repeat(by[rare], abs(counts["yes"] - counts["no"]))
-    return rows
+def balance_verdicts(rows: list[dict]) -> list[dict]:
+    """Repeat rows of the rarer verdict until yes- and no-rows are as many: most rules forbid, and a model
+    trained on more "No" rows learns to say No whatever it is asked."""
+    by = {v: [r for r in rows if r["meta"].get("verdict") == v] for v in ("yes", "no")}
+    few, many = sorted(by.values(), key=len)
+    if not few:
+        return rows
+    return rows + [dict(few[i % len(few)], meta={**few[i % len(few)]["meta"], "repeat": 1 + i // len(few)})
+                   for i in range(len(many) - len(few))]
 
 
 def apply_edits(rows: list[dict], edits: list[dict]) -> list[dict]:
@@ -169,7 +144,7 @@ def split(rows: list[dict], valid_fraction: float, test_fraction: float, seed: i
 
 
 def build(run: Run, chunk_ids: list[str], valid_fraction: float, test_fraction: float, seed: int,
-          key: str | None = None, balance: bool = True, verdict_pairs: bool = True) -> dict[str, Any]:
+          key: str | None = None, balance: bool = False, verdict_pairs: bool = False) -> dict[str, Any]:
     """Write ``data/{sft,dpo}/{train,valid,test}.jsonl`` from the synth records of ``chunk_ids``."""
     wanted = set(chunk_ids)
     order = {cid: i for i, cid in enumerate(chunk_ids)}

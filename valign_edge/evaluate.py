@@ -7,11 +7,14 @@
   as the training data. A sanity check that training took.
 
 Every system answers through the runtime users chat with (llama.cpp on the exported GGUF files)
-with the same greedy decoding. Answers are scored against the reference answers (sacreBLEU,
-ROUGE-L, BERTScore), each system's model is asked which answer of each preference pair it finds
-likelier (length-normalized), and ``dpo`` is compared with every other system by a judge model
-(both orders) and by a reference-based judge. Every cell carries its sample size and whether it
-can tell the system from ``vanilla`` (eval_evidence.py).
+with the same greedy decoding. The report leads with which side the answers take: on probe answer
+rows with the document's verdict, the forced Yes/No choice and the free answer's verdict, balanced
+over yes- and no-rows (eval_verdicts.py). Then each system's model is asked which answer of each
+preference pair it finds likelier (length-normalized); answers are compared with the reference
+answers for closeness (sacreBLEU, ROUGE-L, BERTScore: wording overlap, not faithfulness), and ``dpo``
+with every other system by a judge model (both orders) and by closeness to the reference. Every cell
+carries its sample size and whether it can tell the system from ``vanilla`` (eval_evidence.py).
+A person can grade the answers blind (eval_grading.py).
 
 Answers, preference scores and judgments are cached under ``RUN/eval/`` per system and per input,
 so an interrupted evaluation resumes where it stopped. Writes ``eval/report.json``,

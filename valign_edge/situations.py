@@ -1,11 +1,5 @@
 """Yes/no situations about a norm, each with the verdict the document gives and its opposite.
 
-Each common question form ("Can I ...?", "Is it okay ...?", "Should I ...?") is asked with both
-verdicts across the kinds of norm (a forbidden act: "Can I X?" no, "Can I say no if asked to X?" yes;
-a required one: "Can I X?" yes), so the form of a question does not give its answer away and the
-student has to learn what the document says about the act (``datasets.balance_verdicts`` evens out
-what is left).
-
 The verdict is known by construction: a template asks about doing the norm's action (or refusing it,
 or someone's right to it), and the norm's kind says which answer takes the document's side.
 Successive questions use successive wordings of the action (``variants``), so the questions about one
@@ -37,11 +31,10 @@ _TEMPLATES: dict[str, list[tuple[str, bool, str, str]]] = {
         ("Is it okay if {s} {a}?", False, "No, it is not okay.", "Yes, that is okay."),
         ("My manager asked me to {a}. Should I do it?", False, "No, you should not do it.",
          "Yes, you should do what your manager asks."),
-        ("Can I say no if someone asks me to {a}?", True, "Yes, you can say no.", "No, you cannot say no."),
+        ("Everyone around here seems to {a}. Is that acceptable?", False, "No, it is not acceptable.",
+         "Yes, it is acceptable."),
         ("Should I refuse if someone asks me to {a}?", True, "Yes, you should refuse.",
          "No, there is no need to refuse."),
-        ("Is it okay to refuse when I am asked to {a}?", True, "Yes, it is okay to refuse.",
-         "No, it is not okay to refuse."),
         ("Would anyone really care if I {a}?", True, "Yes, people would care.", "No, nobody would care."),
         ("It would save a lot of time if {s} {a}. Is that a good enough reason?", False,
          "No, that is not a good enough reason.", "Yes, saving time is a good reason."),
@@ -51,8 +44,6 @@ _TEMPLATES: dict[str, list[tuple[str, bool, str, str]]] = {
     REQUIRE: [
         ("Should {s} {a}?", True, "Yes, {s2} should.", "No, {s2} do not need to."),
         ("Do {s} really have to {a}?", True, "Yes, {s2} do.", "No, not really."),
-        ("Can {s} {a}?", True, "Yes, {s2} can, and {s2} should.", "No, {s2} cannot."),
-        ("Is it okay if {s} {a}?", True, "Yes, it is okay, and it is expected.", "No, it is not okay."),
         ("Is it okay if {s} do not {a}?", False, "No, it is not okay.", "Yes, that is fine."),
         ("A colleague told me there is no need to {a}. Is that right?", False, "No, that is not right.",
          "Yes, that is right."),
