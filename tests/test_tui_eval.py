@@ -59,7 +59,7 @@ def test_probe_and_held_out_tables_with_sample_sizes(tmp_path):
             assert probe_table.display and probe_table.row_count == 2
             assert "probe mine: independent" in str(probe_table.border_title)
             assert "generator-made" in str(held_out.border_title)
-            assert [c.label.plain for c in probe_table.columns.values()] == ["system", *PROBE_COLUMNS[:2]]
+            assert [c.label.plain for c in probe_table.columns.values()] == ["system", "pref_acc", "pref_margin"]
             dpo = probe_table.get_row_at(1)
             assert "0.950" in dpo[1].plain and "n=40: clear" in dpo[1].plain
             assert "n=1: too few" in held_out.get_row_at(1)[COLUMNS.index("pref_acc") + 1].plain
