@@ -215,7 +215,8 @@ def cmd_eval(args) -> int:
         raise UserError("give a run folder: valign eval RUN")
     run = _open_run(args.run, create=False)
     if args.grades:
-        from .eval_grading import grades_markdown, record_grades
+        from .eval_grading import record_grades
+        from .eval_markdown import grades_markdown
 
         print("\n".join(grades_markdown(record_grades(run, args.grades))))
         return 0

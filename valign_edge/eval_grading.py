@@ -19,6 +19,7 @@ from pathlib import Path
 
 from . import metrics
 from .errors import UserError
+from .eval_markdown import render_markdown
 from .workspace import Run, atomic_write_text, read_jsonl, write_json
 
 COLUMNS = ("item", "question", "reference", "answer", "mark")
@@ -94,23 +95,8 @@ def read_marks(run: Run, path: Path) -> dict:
     return per
 
 
-def grades_markdown(grades: dict) -> list[str]:
-    if not grades:
-        return []
-    lines = ["## Human grading (blind)", "", "Faithful rate: the share of graded answers a person marked as taking "
-             "the document's side, without knowing which system wrote them (Wilson 95% interval).", "",
-             "| system | faithful rate [95% CI] | faithful | unfaithful | skipped |", "|---|---|---|---|---|"]
-    for system, s in grades.items():
-        ci = s.get("ci95") or [None, None]
-        rate = "-" if s["rate"] is None else f"{s['rate']:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]"
-        lines.append(f"| {system} | {rate} | {s['faithful']} | {s['unfaithful']} | {s['skipped']} |")
-    return lines + [""]
-
-
 def record_grades(run: Run, path: Path) -> dict:
     """Read the marks, save them in ``eval/grades.json`` and in the report (json and markdown)."""
-    from .eval_markdown import render_markdown
-
     grades = read_marks(run, path)
     write_json(run.eval_dir / GRADES_FILE, grades)
     report_path = run.eval_dir / "report.json"

@@ -131,12 +131,23 @@ def _summary(report: dict, labels: dict) -> list[str]:
     return lines + [""]
 
 
+def grades_markdown(grades: dict) -> list[str]:
+    if not grades:
+        return []
+    lines = ["## Human grading (blind)", "", "Faithful rate: the share of graded answers a person marked as taking "
+             "the document's side, without knowing which system wrote them (Wilson 95% interval).", "",
+             "| system | faithful rate [95% CI] | faithful | unfaithful | skipped |", "|---|---|---|---|---|"]
+    for system, s in grades.items():
+        ci = s.get("ci95") or [None, None]
+        rate = "-" if s["rate"] is None else f"{s['rate']:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]"
+        lines.append(f"| {system} | {rate} | {s['faithful']} | {s['unfaithful']} | {s['skipped']} |")
+    return lines + [""]
+
+
 def render_markdown(report: dict) -> str:
     labels = report.get("column_labels", {})
     lines = [f"# Evaluation: {report['run']}", ""]
     if report.get("human_grades"):
-        from .eval_grading import grades_markdown
-
         lines += grades_markdown(report["human_grades"])
     if report.get("counts") or report.get("probes"):
         lines += _summary(report, labels)
