@@ -65,6 +65,28 @@ def test_purge_deletes_only_what_valign_wrote(finished_run, tmp_path):
     assert {rel: (run / rel).read_bytes() for rel in mine} == mine
 
 
+def test_purge_never_reaches_outside_the_run(finished_run, tmp_path):
+    """A manifest someone else wrote (a run folder sent to you): absolute and escaping names, and names
+    through a symlinked folder inside the run, are skipped and reported, the files they name kept."""
+    run = copy_run(finished_run.path, tmp_path / "run")
+    outside = tmp_path / "outside"
+    _put(outside, {"victim.txt": "keep me", "deep/victim2.txt": "keep me too"})
+    (run / "linked").symlink_to(outside, target_is_directory=True)
+    (run / "data" / "link.txt").symlink_to(outside / "victim.txt")
+    manifest = json.loads((run / "manifest.json").read_text())
+    evil = [str(outside / "victim.txt"), "../outside/victim.txt", "linked/victim.txt", "linked/deep/victim2.txt",
+            "linked/deep/", "data/../../outside/victim.txt", "data/link.txt"]
+    manifest["files"] += evil
+    (run / "manifest.json").write_text(json.dumps(manifest))
+    for args in (("purge", run), ("purge", run, "--all")):
+        proc = valign(*args)
+        assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+        assert (outside / "victim.txt").read_text() == "keep me"
+        assert (outside / "deep" / "victim2.txt").read_text() == "keep me too"
+    assert "linked/victim.txt" in proc.stderr and "skipped" in proc.stderr
+    assert not (run / "data" / "link.txt").is_symlink()  # the listed link itself goes, never its target
+
+
 def _listed(run, rel: str) -> bool:
     return rel in json.loads((run / "manifest.json").read_text())["files"] or rel == ".lock"
 
