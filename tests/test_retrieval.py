@@ -50,3 +50,37 @@ def test_source_line_names_the_section_and_quotes_it():
     line = source_line(passage, width=60)
     assert line.startswith('4. Gifts: "We do not accept gifts from suppliers') and line.endswith('..."')
     assert len(line) < 80
+
+
+def test_training_rows_carry_passages_in_the_answer_time_layout(coc):
+    """RAFT rows: a seeded share of rows gets passages, most often its own chunk among distractors; the
+    layout is the one retrieval uses at answer time, and a rebuild picks the same passages."""
+    from valign_edge.raft import ORACLE, add_passages, with_passages
+    from valign_edge.retrieval import rag_messages
+
+    chunks = {c["id"]: c["text"] for c in coc[0]}
+    ids = sorted(chunks)
+    rows = [{"prompt": f"Question {i}?", "chosen": "Yes.", "rejected": "No.",
+             "meta": {"id": f"r{i}", "chunk_id": ids[i % len(ids)]}} for i in range(400)]
+    sft = [{"messages": [{"role": "user", "content": r["prompt"]}, {"role": "assistant", "content": "Yes."}],
+            "meta": r["meta"]} for r in rows]
+    out = add_passages(rows, chunks, 0.5, 2, seed=7)
+    assert add_passages(rows, chunks, 0.5, 2, seed=7) == out
+    with_ = [r for r in out if "passages" in r["meta"]]
+    assert 0.4 < len(with_) / len(rows) < 0.6
+    plain = [r for r in out if "passages" not in r["meta"]]
+    assert all(r["prompt"].startswith("Question") for r in plain)
+    own = [chunks[r["meta"]["chunk_id"]] in r["prompt"] for r in with_]
+    assert abs(sum(own) / len(own) - ORACLE) < 0.1
+    for r in with_:
+        assert r["prompt"].endswith(f"\n\n{r['meta']['id'].replace('r', 'Question ')}?")
+        assert sum(c in r["prompt"] for c in chunks.values()) == 2
+    # SFT rows get the same passages in their first (user) turn, the answer untouched
+    sft_out = add_passages(sft, chunks, 0.5, 2, seed=7)
+    assert [r["messages"][0]["content"] for r in sft_out] == [r["prompt"] for r in out]
+    assert all(r["messages"][1]["content"] == "Yes." for r in sft_out)
+    # retrieval at answer time: one user turn in the same layout
+    passages = [{"text": chunks[ids[0]]}, {"text": chunks[ids[1]]}]
+    assert rag_messages("Can I?", passages) == [
+        {"role": "user", "content": with_passages("Can I?", [chunks[ids[0]], chunks[ids[1]]])}]
+    assert rag_messages("Can I?", []) == [{"role": "user", "content": "Can I?"}]

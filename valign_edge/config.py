@@ -53,6 +53,9 @@ class GenerateConfig:
                                         "many (measured: no conclusive change; bench/RESULTS-eval.md)")
     verdict_pairs: bool = opt(False, "add a short preference pair per stance pair, the verdict sentence alone on "
                                      "each side (measured: no conclusive change; bench/RESULTS-eval.md)")
+    passages: float = opt(0.0, "share of training rows whose prompt carries passages of the document, most often "
+                               "the one the row was made from among distractors (RAFT); the eval's retrieval "
+                               "systems and chat --rag use the same layout")
     valid_fraction: float = opt(0.1, "share of records held out for validation")
     test_fraction: float = opt(0.15, "share of records held out for testing")
     n_ctx: int = opt(2048, "teacher context size")
@@ -294,6 +297,7 @@ LIMITS: dict[str, tuple[float | None, float | None, str]] = {
     "generate.min_grounding": (0, 1, "a share"),
     "generate.dedup_threshold": (0, 1, "a similarity"),
     "generate.value_threshold": (1, None, "value cues"),
+    "generate.passages": (0, 1, "a share of the rows"),
     "generate.valid_fraction": (0, 0.9, "a share of the records"),
     "generate.test_fraction": (0, 0.9, "a share of the records"),
     "generate.n_ctx": (512, None, "a context size in tokens"),

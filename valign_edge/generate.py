@@ -84,7 +84,8 @@ def generate(run: Run, cfg: RunConfig, emit: Callback, doc: str | Path | None = 
         counts = synthesize(run, chunks, teacher, gen, cfg.seed, model_id(teacher_ref), emit, should_stop)
         skey = synth_key(gen, model_id(teacher_ref), cfg.seed)
         counts["splits"] = datasets.build(run, [c.id for c in chunks], gen.valid_fraction, gen.test_fraction,
-                                          cfg.seed, skey, gen.balance_verdicts, gen.verdict_pairs)
+                                          cfg.seed, skey, gen.balance_verdicts, gen.verdict_pairs,
+                                          gen.passages, cfg.eval.rag_top_k)
         counts["teacher"] = teacher.stats()
         if counts["sft_records"] == 0:
             raise UserError(advice.no_records(chunks, counts))
@@ -105,7 +106,8 @@ def rebuild_splits(run: Run, cfg: RunConfig) -> dict:
     teacher_ref = models.resolve(cfg.teacher, "teacher")
     gen = cfg.generate
     return datasets.build(run, [c["id"] for c in chunks], gen.valid_fraction, gen.test_fraction, cfg.seed,
-                          synth_key(gen, model_id(teacher_ref), cfg.seed), gen.balance_verdicts, gen.verdict_pairs)
+                          synth_key(gen, model_id(teacher_ref), cfg.seed), gen.balance_verdicts, gen.verdict_pairs,
+                          gen.passages, cfg.eval.rag_top_k)
 
 
 def add_edit(run: Run, record_id: str, action: str, fields: dict | None = None) -> None:
