@@ -31,6 +31,11 @@ def test_saved_run_config_round_trips(tmp_path):
     ("train.sft_lr", "-1", "must not be negative"),
     ("export.quant", "q3_weird", "not one of"),
     ("train.backend", "tpu", "not one of"),
+    # issue 32.5: each passed validation and failed later, after work was done
+    ("seed", str(2**64), "out of range for a random seed"),
+    ("eval.bootstrap", "0", "out of range for a number of resamples"),
+    ("eval.systems", "vanilla,bogus", "'bogus' is not a system"),
+    ("generate.passages", "1.5", "out of range for a share"),
 ])
 def test_bad_values_are_one_line_errors(key, value, message):
     with pytest.raises(UserError, match=message):
@@ -73,3 +78,10 @@ def test_saved_student_changes_only_once_training_checked_it(tmp_path):
     assert saved.student == "good-student" and saved.seed == 3
     save_config(run, RunConfig(student="other-student"), student_checked=True)
     assert config.resolve(run.config_path).student == "other-student"
+
+
+def test_chat_answer_length_out_of_range_is_one_line(tmp_path):
+    from conftest import assert_one_line_error, valign
+
+    for value in ("0", "-5", "9000"):  # 0 and below used to mean "no limit"
+        assert_one_line_error(valign("chat", tmp_path, "--max-tokens", value), 2, "--max-tokens")

@@ -110,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompt", help="answer one prompt and exit")
     p.add_argument("--rag", action="store_true", help="retrieve chunks of the run's document into the prompt")
     p.add_argument("--vanilla", action="store_true", help="chat with the run's base model instead")
-    p.add_argument("--max-tokens", type=int, default=256, help="answer length limit")
+    p.add_argument("--max-tokens", type=int, default=256, help="answer length limit (1 to 8192 tokens)")
 
     p = verb("models", cmd_models, "list or verify the model catalog", config=False)
     p.add_argument("action", nargs="?", choices=["list", "verify"], default="list")

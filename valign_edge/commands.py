@@ -240,6 +240,8 @@ def cmd_eval(args) -> int:
 def cmd_chat(args) -> int:
     from .chat import chat_cli
 
+    if not 1 <= args.max_tokens <= 8192:
+        raise UserError(f"--max-tokens {args.max_tokens} is out of range: an answer length from 1 to 8192 tokens")
     return chat_cli(args.target, prompt=args.prompt, rag=args.rag, vanilla=args.vanilla,
                     max_tokens=args.max_tokens)
 

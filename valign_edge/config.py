@@ -16,6 +16,9 @@ from typing import Any
 from .errors import UserError
 
 
+# The systems an evaluation can compare, in report order (eval_systems.py builds them).
+SYSTEMS = ("vanilla", "rag", "sft", "dpo", "dpo_rag")
+
 def opt(default: Any, help: str, affects: tuple[str, ...] | None = None) -> Any:
     """A setting with its help; ``affects`` (training settings): the stages whose result it changes."""
     return field(default=default, metadata={"help": help, "affects": affects})
@@ -319,6 +322,7 @@ LIMITS: dict[str, tuple[float | None, float | None, str]] = {
     "export.verify_tokens": (1, 4096, "tokens per prompt"),
     "eval.max_new_tokens": (1, 8192, "an answer length"),
     "eval.rag_top_k": (1, 50, "retrieved chunks"),
+    "eval.bootstrap": (10, 1_000_000, "a number of resamples"),
     "eval.judge_tie_margin": (0, None, "a margin"),
     "eval.ref_judge_margin": (0, None, "a margin"),
 }
@@ -345,6 +349,12 @@ def validate(cfg: RunConfig) -> None:
         if (positive and value <= 0) or (least is not None and value < least) or (most is not None and value > most):
             bounds = ", ".join(b for b in (low, f"at most {most:g}" if most is not None else "") if b)
             raise UserError(f"config {key}: {value} is out of range for {what} ({bounds})")
+    if isinstance(cfg.seed, bool) or not isinstance(cfg.seed, int) or not 0 <= cfg.seed < 2**32:
+        raise UserError(f"config seed: {cfg.seed} is out of range for a random seed (at least 0, below 2^32)")
+    unknown = [s for s in str(cfg.eval.systems).split(",") if s.strip() not in SYSTEMS]
+    if unknown:
+        raise UserError(f"config eval.systems: {', '.join(map(repr, unknown))} is not a system "
+                        f"(known: {', '.join(SYSTEMS)}; comma-separated)")
     gen = cfg.generate
     if gen.valid_fraction + gen.test_fraction >= 0.95:
         raise UserError(f"config generate.valid_fraction + generate.test_fraction = "

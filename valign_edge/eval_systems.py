@@ -5,14 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .config import RunConfig
+from .config import SYSTEMS, RunConfig
 from .errors import UserError
 from .events import Callback, log
 from .runtime import DECODING
 from .workspace import Run, hash_file, hash_obj
 
 EVAL_VERSION = 3  # in the cache keys of answers: bump when what a system answers would change
-SYSTEMS = ("vanilla", "rag", "sft", "dpo", "dpo_rag")
 REFERENCE_SYSTEM = "dpo"  # the system the win rates are about
 BASELINE_SYSTEM = "vanilla"  # the system every other one is compared with
 
