@@ -186,6 +186,31 @@ def test_chat_answers_with_the_aligned_model(quick_run):
     assert sources and all(any(src.startswith(f'{h}: "') for h in headings) for src in sources), rag.stdout
 
 
+def test_the_export_folder_alone_serves_chat_with_retrieval(quick_run, tmp_path):
+    """Issue 31.5: export/ holds what retrieval needs (chunks, retriever, embedder id); copied anywhere,
+    without the run, it serves chat --rag. purge deletes that index unless asked to keep it."""
+    import shutil
+
+    from conftest import assert_one_line_error, copy_run
+
+    out, _ = quick_run
+    saved = json.loads((out / "export" / "retrieval.json").read_text())
+    assert saved["chunks"] and saved["retriever"] == "dense" and saved["embedder"]["id"]
+    alone = shutil.copytree(out / "export", tmp_path / "model")
+    rag = valign("chat", alone, "--rag", "--prompt", "Is borrowing private?", "--max-tokens", "16")
+    assert rag.returncode == 0 and rag.stdout.strip(), rag.stderr[-2000:]
+    headings = {c["heading"] for c in saved["chunks"]}
+    sources = [line.split("source: ", 1)[1] for line in rag.stdout.splitlines() if line.startswith("  source: ")]
+    assert sources and all(any(src.startswith(f'{h}: "') for h in headings) for src in sources), rag.stdout
+    run = copy_run(out, tmp_path / "run")
+    assert valign("purge", run, "--keep-index").returncode == 0
+    assert (run / "export" / "retrieval.json").exists()
+    assert valign("purge", run).returncode == 0
+    assert not (run / "export" / "retrieval.json").exists() and list((run / "export").glob("model-*.gguf"))
+    (alone / "retrieval.json").unlink()
+    assert_one_line_error(valign("chat", alone, "--rag", "--prompt", "Hi?"), 2, "retrieval.json")
+
+
 def test_rerun_skips_every_stage(quick_run):
     out, _ = quick_run
     proc = valign("run", out / "document.txt", "--out", out, *FLAGS)

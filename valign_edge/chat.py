@@ -8,14 +8,19 @@ from pathlib import Path
 from .errors import UserError
 
 
+RETRIEVAL_FILE = "retrieval.json"  # beside an export's GGUF: what chat --rag needs without the run
+
+
 def resolve_target(target: Path, vanilla: bool = False) -> tuple[Path, Path | None]:
-    """(GGUF to load, run folder or None) for a run folder or a GGUF path."""
+    """(GGUF to load, run or export folder or None) for a run folder, an export folder or a GGUF path."""
     target = Path(target).expanduser()
     if target.is_file():
         return target, None
     if not target.is_dir():
         raise UserError(f"{target} is neither a run folder nor a GGUF file")
     pattern = "base-*.gguf" if vanilla else "model-*.gguf"
+    if not (target / "manifest.json").exists() and sorted(target.glob(pattern)):
+        return sorted(target.glob(pattern))[0], target  # an export folder, copied anywhere
     found = sorted((target / "export").glob(pattern))
     if not found:
         if not (target / "manifest.json").exists():
@@ -28,9 +33,12 @@ def resolve_target(target: Path, vanilla: bool = False) -> tuple[Path, Path | No
 
 
 def _rag_index(run_dir: Path | None):
-    """The index over the run's chunks (the run's ``eval.retriever``), or one line saying why there is none."""
+    """The index over the run's chunks (the run's ``eval.retriever``), or over an export folder's
+    ``retrieval.json``; else one line saying why there is none."""
     if run_dir is None:
-        raise UserError("--rag needs a run folder (it retrieves from the run's document)")
+        raise UserError("--rag needs a run folder or an export folder (it retrieves from the document)")
+    if not (run_dir / "manifest.json").exists():
+        return _export_index(run_dir)
     from .config import resolve
     from .retrieval import make_index
     from .workspace import Run, read_jsonl
@@ -43,6 +51,39 @@ def _rag_index(run_dir: Path | None):
         raise UserError(f"{run_dir} has no chunks for --rag; run: valign generate DOC --out {run_dir}")
     kind = resolve(run.config_path).eval.retriever if run.config_path.exists() else "dense"
     return make_index(read_jsonl(run.chunks_path), kind)
+
+
+def _export_index(folder: Path):
+    import json
+
+    from .retrieval import make_index
+
+    path = folder / RETRIEVAL_FILE
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+        chunks, kind = saved["chunks"], saved.get("retriever", "dense")
+        if not isinstance(chunks, list) or not all(isinstance(c, dict) and isinstance(c.get("text"), str)
+                                                   for c in chunks):
+            raise ValueError("chunks")
+    except FileNotFoundError:
+        raise UserError(f"{folder} has no {RETRIEVAL_FILE} for --rag (valign purge deletes it unless "
+                        "--keep-index; export the run again to write it)") from None
+    except (OSError, ValueError, KeyError, TypeError):
+        raise UserError(f"{path} is not a retrieval file valign wrote (chunks with text); export again") from None
+    return make_index(chunks, kind)
+
+
+def retrieval_record(chunks: list[dict], retriever: str, top_k: int, passages: float) -> dict:
+    """What ``valign chat EXPORT_DIR --rag`` needs: the chunks (document text), the retriever and the
+    embedding model it encodes with, and whether the model was trained with passages (RAFT)."""
+    from .models import model_id, resolve
+
+    record = {"retriever": retriever, "top_k": top_k, "trained_with_passages": passages,
+              "chunks": [{k: c[k] for k in ("id", "heading", "text") if k in c} for c in chunks]}
+    if retriever != "bm25":
+        embedder = resolve("minilm-l6-v2", "embedder")
+        record["embedder"] = {"name": "minilm-l6-v2", "id": model_id(embedder)}
+    return record
 
 
 def source_line(passage: dict, width: int = 100) -> str:

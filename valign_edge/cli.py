@@ -121,6 +121,9 @@ def build_parser() -> argparse.ArgumentParser:
              config=False)
     p.add_argument("run", type=Path)
     p.add_argument("--all", action="store_true", help="also delete adapters and exported models")
+    p.add_argument("--keep-index", action="store_true",
+                   help="keep export/retrieval.json (the document's chunks), so the export folder still serves "
+                        "chat --rag")
 
     p = verb("tui", cmd_tui, "open the terminal app", config=False)
     p.add_argument("run", type=Path, nargs="?", help="run folder to open")

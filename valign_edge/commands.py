@@ -277,7 +277,7 @@ def cmd_config(args) -> int:
 def cmd_purge(args) -> int:
     from .purge import purge
 
-    removed = purge(_open_run(args.run, create=False), keep_model=not args.all)
+    removed = purge(_open_run(args.run, create=False), keep_model=not args.all, keep_index=args.keep_index)
     print(f"removed {len(removed)} items from {args.run}")
     return 0
 

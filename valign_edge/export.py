@@ -26,7 +26,7 @@ from .config import CHOICES, RunConfig
 from .errors import UserError
 from .events import Callback, Event, Progress, log
 from .trainplan import STAGES, adapter_hash
-from .workspace import Run, atomic_write_text, hash_obj, write_json
+from .workspace import Run, atomic_write_text, hash_obj, read_jsonl, write_json
 
 LLAMA_CPP_VERSION = "0.3.36"
 
@@ -173,6 +173,7 @@ def export(run: Run, cfg: RunConfig, emit: Callback) -> dict:
     if run.is_done("export", key) and model_path.exists() and (out / "verify.json").exists():
         log(emit, "export", "export: up to date, skipped")
         verify = json.loads((out / "verify.json").read_text())
+        _write_retrieval(run, cfg)
         return {"model": str(model_path), "verified": verify["passed"]}
     _check_disk(run, base_dir, quant)
     emit(Event("stage", "export", f"merging adapters and converting to GGUF ({quant})"))
@@ -217,11 +218,23 @@ def export(run: Run, cfg: RunConfig, emit: Callback) -> dict:
         write_json(out / "verify.json", verify)
         progress.update(1, "verified")
         atomic_write_text(out / "Modelfile", modelfile(model_path.name, template))
+        _write_retrieval(run, cfg)
         progress.update(1, "done")
         result.update(model=str(model_path), quant=quant, verified=verify["passed"],
                       size_mb=round(model_path.stat().st_size / 1e6, 1))
     shutil.rmtree(work, ignore_errors=True)
     return {"model": str(model_path), "verified": verify["passed"]}
+
+
+def _write_retrieval(run: Run, cfg: RunConfig) -> None:
+    """``export/retrieval.json``: the chunks and retriever, so the export folder alone serves chat --rag.
+    It holds the document's text: ``valign purge`` deletes it unless asked to keep it."""
+    from .chat import RETRIEVAL_FILE, retrieval_record
+
+    chunks = read_jsonl(run.chunks_path)
+    if chunks:
+        write_json(run.export_dir / RETRIEVAL_FILE, retrieval_record(chunks, cfg.eval.retriever, cfg.eval.rag_top_k,
+                                                                     cfg.generate.passages))
 
 
 def _verify(run: Run, trainer: Trainer, merged: Path, f16: Path, model_path: Path, quant: str, cfg: RunConfig) -> dict:

@@ -28,14 +28,16 @@ from .workspace import Run
 RUN_FILES = ("manifest.json", "config.toml", owned.LOCK)
 
 
-def _kept(rel: str) -> bool:
-    """What a default purge keeps: the run's settings and records, the exported model, final adapters."""
+def _kept(rel: str, keep_index: bool = False) -> bool:
+    """What a default purge keeps: the run's settings and records, the exported model, final adapters (and
+    the export's retrieval index, which holds the document's text, only when asked)."""
     if rel in RUN_FILES:
         return True
     parts = rel.rstrip("/").split("/")
     if parts[0] == "export":
         return rel == "export/" or (len(parts) == 2 and not rel.endswith("/")
-                                    and (parts[1].endswith(".gguf") or parts[1] == "Modelfile"))
+                                    and (parts[1].endswith(".gguf") or parts[1] == "Modelfile"
+                                         or (keep_index and parts[1] == "retrieval.json")))
     if parts[0] == "adapters":
         return not any(p == "checkpoint" or p.startswith(".") for p in parts)
     return False
@@ -99,7 +101,7 @@ def _delete(run: Run, listed: list[str], removed: list[Path], skipped: list[str]
         os.close(root_fd)
 
 
-def purge(run: Run, keep_model: bool = True) -> list[Path]:
+def purge(run: Run, keep_model: bool = True, keep_index: bool = False) -> list[Path]:
     """Delete the run's document-derived data; return the paths removed (files or folders)."""
     removed: list[Path] = []
     skipped: list[str] = []
@@ -119,7 +121,7 @@ def purge(run: Run, keep_model: bool = True) -> list[Path]:
             with contextlib.suppress(OSError):
                 run.root.rmdir()  # only when nothing else is left
             return removed
-        _delete(run, [r for r in listed if not _kept(r)], removed, skipped)
+        _delete(run, [r for r in listed if not _kept(r, keep_index)], removed, skipped)
         _report(skipped)
         manifest = run.manifest()
         gone = {p.relative_to(run.root).as_posix() for p in removed}
