@@ -84,16 +84,3 @@ def test_training_rows_carry_passages_in_the_answer_time_layout(coc):
     assert rag_messages("Can I?", passages) == [
         {"role": "user", "content": with_passages("Can I?", [chunks[ids[0]], chunks[ids[1]]])}]
     assert rag_messages("Can I?", []) == [{"role": "user", "content": "Can I?"}]
-
-
-def test_chat_retrieves_by_default_only_for_a_model_trained_with_passages(tmp_path):
-    from valign_edge.chat import RETRIEVAL_FILE, trained_with_passages
-
-    import json
-
-    for share, expected in ((0.5, True), (0.0, False)):
-        (tmp_path / RETRIEVAL_FILE).write_text(json.dumps({"trained_with_passages": share, "chunks": []}))
-        assert trained_with_passages(tmp_path) is expected
-    (tmp_path / RETRIEVAL_FILE).write_text("not json")
-    assert trained_with_passages(tmp_path) is False
-    assert trained_with_passages(None) is False

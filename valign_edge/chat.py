@@ -73,29 +73,6 @@ def _export_index(folder: Path):
     return make_index(chunks, kind)
 
 
-def trained_with_passages(folder: Path | None) -> bool:
-    """Whether the model in ``folder`` (a run or an export folder) was trained with passages of the document
-    in its prompts (``generate.passages``) and the passages are still there: chat then retrieves by default."""
-    import json
-
-    if folder is None:
-        return False
-    if not (folder / "manifest.json").exists():
-        try:
-            return float(json.loads((folder / RETRIEVAL_FILE).read_text(encoding="utf-8"))
-                         .get("trained_with_passages") or 0) > 0
-        except (OSError, ValueError, TypeError, AttributeError):
-            return False
-    from .config import resolve
-    from .workspace import Run, read_jsonl
-
-    try:
-        run = Run.open(folder, create=False)
-        return resolve(run.config_path).generate.passages > 0 and bool(read_jsonl(run.chunks_path))
-    except (UserError, OSError, ValueError):
-        return False
-
-
 def retrieval_record(chunks: list[dict], retriever: str, top_k: int, passages: float) -> dict:
     """What ``valign chat EXPORT_DIR --rag`` needs: the chunks (document text), the retriever and the
     embedding model it encodes with, and whether the model was trained with passages (RAFT)."""
@@ -163,15 +140,9 @@ def _print_sources(session: ChatSession) -> None:
         print(f"  source: {source_line(passage)}")
 
 
-def chat_cli(target: Path, prompt: str | None = None, rag: bool | None = None, vanilla: bool = False,
+def chat_cli(target: Path, prompt: str | None = None, rag: bool = False, vanilla: bool = False,
              max_tokens: int = 256) -> int:
-    """``rag=None``: retrieve when the aligned model was trained with passages (its measured best), else not."""
     gguf, run_dir = resolve_target(target, vanilla)
-    if rag is None:
-        rag = not vanilla and trained_with_passages(run_dir)
-        if rag:
-            print("retrieval on: this model was trained to answer from passages of the document "
-                  "(generate.passages); --no-rag to chat without", file=sys.stderr)
     session = ChatSession(gguf, run_dir, rag=rag, max_tokens=max_tokens)
     if prompt is not None:
         for piece in session.ask(prompt):

@@ -108,9 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = verb("chat", cmd_chat, "chat with an exported model (streaming)", config=False)
     p.add_argument("target", type=Path, help="run folder or GGUF file")
     p.add_argument("--prompt", help="answer one prompt and exit")
-    p.add_argument("--rag", action=argparse.BooleanOptionalAction, default=None,
-                   help="retrieve passages of the document into the prompt (default: on when the model was "
-                        "trained with passages, generate.passages; off otherwise)")
+    p.add_argument("--rag", action="store_true", help="retrieve chunks of the run's document into the prompt")
     p.add_argument("--vanilla", action="store_true", help="chat with the run's base model instead")
     p.add_argument("--max-tokens", type=int, default=256, help="answer length limit (1 to 8192 tokens)")
 

@@ -73,10 +73,6 @@ class ChatScreen(ValignScreen):
         if app.active_run is not self._loaded_run:
             self.close_sessions()
             self._loaded_run = app.active_run
-            if app.active_run is not None:  # a model trained with passages answers with retrieval by default
-                from valign_edge.chat import trained_with_passages
-
-                self.query_one("#rag", Switch).value = trained_with_passages(app.active_run.root)
         info = self.query_one("#chat-model", Static)
         if app.active_run is None:
             info.update(Text("no run open", style="dim"))
