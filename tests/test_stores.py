@@ -120,5 +120,6 @@ def test_store_names_work_as_teacher(stores, tmp_path, teacher_gguf):
 
     missing = valign("generate", doc, "--out", run, "--teacher", "ollama:llama3", *flags, env=env)
     assert_one_line_error(missing, 2, "ollama:smollm2:135m")  # says what the store has
-    assert 'teacher = "ollama:smollm2:135m"' in (run / "config.toml").read_text() or \
-        f'teacher = "lmstudio:{LMSTUDIO_REPO}"' in (run / "config.toml").read_text()
+    # the up-to-date command saved its teacher; the refused one saved nothing
+    saved = (run / "config.toml").read_text()
+    assert f'teacher = "lmstudio:{LMSTUDIO_REPO}"' in saved and "llama3" not in saved
