@@ -64,8 +64,8 @@ def test_training_rows_carry_passages_in_the_answer_time_layout(coc):
              "meta": {"id": f"r{i}", "chunk_id": ids[i % len(ids)]}} for i in range(400)]
     sft = [{"messages": [{"role": "user", "content": r["prompt"]}, {"role": "assistant", "content": "Yes."}],
             "meta": r["meta"]} for r in rows]
-    out = add_passages(rows, chunks, 0.5, 2, seed=7)
-    assert add_passages(rows, chunks, 0.5, 2, seed=7) == out
+    out = add_passages(rows, chunks, 0.5, seed=7, k=2)
+    assert add_passages(rows, chunks, 0.5, seed=7, k=2) == out
     with_ = [r for r in out if "passages" in r["meta"]]
     assert 0.4 < len(with_) / len(rows) < 0.6
     plain = [r for r in out if "passages" not in r["meta"]]
@@ -76,7 +76,7 @@ def test_training_rows_carry_passages_in_the_answer_time_layout(coc):
         assert r["prompt"].endswith(f"\n\n{r['meta']['id'].replace('r', 'Question ')}?")
         assert sum(c in r["prompt"] for c in chunks.values()) == 2
     # SFT rows get the same passages in their first (user) turn, the answer untouched
-    sft_out = add_passages(sft, chunks, 0.5, 2, seed=7)
+    sft_out = add_passages(sft, chunks, 0.5, seed=7, k=2)
     assert [r["messages"][0]["content"] for r in sft_out] == [r["prompt"] for r in out]
     assert all(r["messages"][1]["content"] == "Yes." for r in sft_out)
     # retrieval at answer time: one user turn in the same layout

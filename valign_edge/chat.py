@@ -19,8 +19,9 @@ def resolve_target(target: Path, vanilla: bool = False) -> tuple[Path, Path | No
     if not target.is_dir():
         raise UserError(f"{target} is neither a run folder nor a GGUF file")
     pattern = "base-*.gguf" if vanilla else "model-*.gguf"
-    if not (target / "manifest.json").exists() and sorted(target.glob(pattern)):
-        return sorted(target.glob(pattern))[0], target  # an export folder, copied anywhere
+    here = sorted(target.glob(pattern))
+    if here and not (target / "manifest.json").exists():
+        return here[0], target  # an export folder, copied anywhere
     found = sorted((target / "export").glob(pattern))
     if not found:
         if not (target / "manifest.json").exists():

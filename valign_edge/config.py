@@ -19,6 +19,7 @@ from .errors import UserError
 # The systems an evaluation can compare, in report order (eval_systems.py builds them).
 SYSTEMS = ("vanilla", "rag", "sft", "dpo", "dpo_rag")
 
+
 def opt(default: Any, help: str, affects: tuple[str, ...] | None = None) -> Any:
     """A setting with its help; ``affects`` (training settings): the stages whose result it changes."""
     return field(default=default, metadata={"help": help, "affects": affects})

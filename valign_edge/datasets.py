@@ -145,14 +145,15 @@ def split(rows: list[dict], valid_fraction: float, test_fraction: float, seed: i
 
 def build(run: Run, chunk_ids: list[str], valid_fraction: float, test_fraction: float, seed: int,
           key: str | None = None, balance: bool = False, verdict_pairs: bool = False,
-          passages: float = 0.0, passage_k: int = 2) -> dict[str, Any]:
+          passages: float = 0.0) -> dict[str, Any]:
     """Write ``data/{sft,dpo}/{train,valid,test}.jsonl`` from the synth records of ``chunk_ids``. A share
-    ``passages`` of the training and validation rows carries ``passage_k`` passages of the document in the
-    prompt (raft.py); the test split stays plain, for the systems to retrieve on their own."""
+    ``passages`` of the training and validation rows carries passages of the document in the prompt
+    (raft.py); the test split stays plain, for the systems to retrieve on their own."""
     wanted = set(chunk_ids)
     order = {cid: i for i, cid in enumerate(chunk_ids)}
     edits = load_edits(run)
     counts: dict[str, Any] = {}
+    texts = {c["id"]: c["text"] for c in read_jsonl(run.chunks_path) if c.get("id") in wanted} if passages else {}
     def records(kind: str) -> list[dict]:
         synth = {r["chunk_id"]: r for r in read_jsonl(run.synth_dir / f"{kind}.jsonl")
                  if r["chunk_id"] in wanted and (key is None or r.get("key") == key)}
@@ -170,9 +171,8 @@ def build(run: Run, chunk_ids: list[str], valid_fraction: float, test_fraction: 
         if passages:
             from .raft import add_passages
 
-            texts = {c["id"]: c["text"] for c in read_jsonl(run.chunks_path) if c.get("id") in wanted}
             for name in ("train", "valid"):
-                parts[name] = add_passages(parts[name], texts, passages, passage_k, seed)
+                parts[name] = add_passages(parts[name], texts, passages, seed)
         for name in SPLITS:
             write_jsonl(run.split_path(kind, name), parts[name])
         counts[kind] = {name: len(parts[name]) for name in SPLITS}

@@ -8,6 +8,7 @@ from pathlib import Path
 from .config import SYSTEMS, RunConfig
 from .errors import UserError
 from .events import Callback, log
+from .raft import with_passages
 from .runtime import DECODING
 from .workspace import Run, hash_file, hash_obj
 
@@ -124,16 +125,14 @@ def _file_id(path: Path | None, cache: dict) -> str | None:
     return cache[path]
 
 
-RAG_LAYOUT = "user-turn-1"  # where the retrieved passages go (raft.py); a new layout answers again
-
-
 def system_key(system: System, cfg: RunConfig, chunks_id: str, ids: dict) -> str:
     """What a system's answers depend on: weights, adapter, retrieval and decoding."""
     return hash_obj([EVAL_VERSION, _file_id(system.model, ids), _file_id(system.lora, ids), system.rag,
                      cfg.eval.rag_top_k if system.rag else None, chunks_id if system.rag else None,
                      cfg.eval.max_new_tokens, DECODING]
                     + ([cfg.eval.retriever] if system.rag and cfg.eval.retriever != "bm25" else [])
-                    + ([RAG_LAYOUT] if system.rag else []))
+                    # the passage layout itself: a new layout answers again
+                    + ([with_passages("{question}", ["{passage}"])] if system.rag else []))
 
 
 def system_keys(systems: list[System], cfg: RunConfig, retriever: Retriever, ids: dict) -> dict[str, str]:
