@@ -94,7 +94,7 @@ def test_run_writes_exactly_the_contracted_files(quick_run):
     expected = {"manifest.json", "config.toml", "document.txt", "chunks.jsonl", ".lock",
                 "synth/sft.jsonl", "synth/dpo.jsonl", "logs/events.jsonl", "logs/export.log",
                 "export/model-q8_0.gguf", "export/base-q8_0.gguf", "export/adapter.gguf", "export/adapter-sft.gguf",
-                "export/Modelfile", "export/verify.json"}
+                "export/Modelfile", "export/verify.json", "export/retrieval.json"}
     expected |= {f"data/{k}/{s}.jsonl" for k in ("sft", "dpo") for s in ("train", "valid", "test")}
     for stage in ("sft", "dpo"):
         expected |= {f"adapters/{stage}/adapter_model.safetensors", f"adapters/{stage}/adapter_config.json",
