@@ -208,3 +208,49 @@ def test_build_balances_only_the_training_split(tmp_path):
     build(run, ["c1"], 0.1, 0.15, 0, balance=False, verdict_pairs=False)
     plain = [json.loads(x) for x in run.split_path("dpo", "train").read_text().splitlines()]
     assert not any("repeat" in r["meta"] or r["meta"].get("kind") for r in plain) and len(plain) < len(train)
+
+
+@pytest.mark.parametrize("text, verdict", [
+    ("You must not share a patient's record. So no, you should not.", "no"),
+    ("Patients may refuse any treatment. So yes, you can.", "yes"),
+    ("You must report it. Therefore, no: staying silent is not an option.", "no"),
+    ("No, you should not. So you should tell your manager first.", "no"),  # advice after "So", no verdict
+    ("Yes, you can. The code says so. No one may stop you.", "yes"),  # "so. No" is not a conclusion
+])
+def test_answer_verdict_reads_a_conclusion_after_the_reason(text, verdict):
+    assert answer_verdict(text) == verdict
+
+
+def test_reason_first_puts_the_verdict_after_the_reason_and_twins_each_pair(tmp_path):
+    from valign_edge.datasets import build
+    from valign_edge.workspace import append_jsonl
+
+    run = Run.open(tmp_path / "run")
+    items = [{"prompt": f"Can I do thing {i}?", "chosen": "No, you should not. You must never do thing.",
+              "rejected": "Yes, you can. It saves time.", "document_says": "no"} for i in range(20)]
+    items += [{"prompt": f"Can I refuse {i}?", "chosen": "Yes, you can. Patients may refuse.",
+               "rejected": "No.", "document_says": "yes"} for i in range(20)]
+    append_jsonl(run.synth_dir / "dpo.jsonl", {"chunk_id": "c1", "span": [0, 1], "items": items})
+    append_jsonl(run.synth_dir / "sft.jsonl", {"chunk_id": "c1", "span": [0, 1],
+                                               "items": [{"question": "What is it?", "answer": "A thing."}]})
+    build(run, ["c1"], 0.1, 0.15, 0, reason_before_verdict=True)
+    for name in ("train", "valid", "test"):
+        dpo = [json.loads(x) for x in run.split_path("dpo", name).read_text().splitlines()]
+        pairs = [r for r in dpo if r["meta"].get("kind") != "verdict"]
+        twins = {r["meta"]["id"]: r for r in dpo if r["meta"].get("kind") == "verdict"}
+        assert len(twins) == len(pairs) > 0  # every twin in its pair's split
+        for r in pairs:
+            twin = twins[r["meta"]["id"] + "-after-reason"]
+            assert twin["chosen"] == r["chosen"] and twin["prompt"] == r["prompt"]
+            if r["meta"]["verdict"] == "no":
+                assert r["chosen"] == "You must never do thing. So no, you should not."
+                assert r["rejected"] == "It saves time. So yes, you can."
+                assert twin["rejected"] == "You must never do thing. So yes, you can."
+            else:  # a bare rejected verdict borrows the faithful reason
+                assert r["chosen"] == "Patients may refuse. So yes, you can."
+                assert r["rejected"] == twin["rejected"] == "Patients may refuse. So no."
+            assert answer_verdict(r["chosen"]) == r["meta"]["verdict"] != answer_verdict(twin["rejected"])
+    sft = [json.loads(x) for n in ("train", "valid", "test")
+           for x in run.split_path("sft", n).read_text().splitlines()]
+    assert {r["messages"][1]["content"] for r in sft} == {
+        "A thing.", "You must never do thing. So no, you should not.", "Patients may refuse. So yes, you can."}

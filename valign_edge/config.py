@@ -60,6 +60,9 @@ class GenerateConfig:
     passages: float = opt(0.0, "share of training rows whose prompt carries passages of the document, most often "
                                "the one the row was made from among distractors (RAFT); the eval's retrieval "
                                "systems and chat --rag use the same layout")
+    reason_first: bool = opt(False, "stance answers give the document's reason first, then the verdict (\"You must not "
+                                    "X. So no, you should not.\"), and each pair gets a twin that differs only in "
+                                    "the verdict after that reason")
     valid_fraction: float = opt(0.1, "share of records held out for validation")
     test_fraction: float = opt(0.15, "share of records held out for testing")
     n_ctx: int = opt(2048, "teacher context size")

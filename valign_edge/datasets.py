@@ -79,6 +79,38 @@ def verdict_rows(rows: list[dict]) -> list[dict]:
     return out
 
 
+def _reason_then_verdict(answer: str, fallback_reason: str = "") -> str:
+    """``"No, you should not. You must not X."`` -> ``"You must not X. So no, you should not."``"""
+    verdict = _first_sentence(answer)
+    reason = answer.strip()[len(verdict):].strip() or fallback_reason
+    if not verdict or not reason:
+        return answer
+    return f"{reason} So {verdict[0].lower()}{verdict[1:]}"
+
+
+def reason_first(kind: str, rows: list[dict]) -> list[dict]:
+    """Stance rows with the reason before the verdict, so the verdict a model says is conditioned on the rule
+    it has just written, not on the question's form alone. SFT answers are reordered; every preference pair
+    is reordered on both sides and gets a twin whose sides share the faithful reason and differ only in the
+    verdict after it, so the preference loss falls on the verdict the rule implies."""
+    out = []
+    for row in rows:
+        if "verdict" not in row["meta"]:
+            out.append(row)
+        elif kind == "sft":
+            user, answer = row["messages"][0], row["messages"][-1]["content"]
+            out.append({**row, "messages": [user, {"role": "assistant", "content": _reason_then_verdict(answer)}]})
+        else:
+            reason = row["chosen"].strip()[len(_first_sentence(row["chosen"])):].strip()
+            chosen = _reason_then_verdict(row["chosen"])
+            out.append({**row, "chosen": chosen, "rejected": _reason_then_verdict(row["rejected"], reason)})
+            flipped = _reason_then_verdict(_first_sentence(row["rejected"]), reason)
+            if reason and flipped != chosen:
+                out.append({"prompt": row["prompt"], "chosen": chosen, "rejected": flipped,
+                            "meta": {**row["meta"], "id": row["meta"]["id"] + "-after-reason", "kind": "verdict"}})
+    return out
+
+
 def balance_verdicts(rows: list[dict]) -> list[dict]:
     """Repeat rows of the rarer verdict until yes- and no-rows are as many: most rules forbid, and a model
     trained on more "No" rows learns to say No whatever it is asked."""
@@ -145,7 +177,7 @@ def split(rows: list[dict], valid_fraction: float, test_fraction: float, seed: i
 
 def build(run: Run, chunk_ids: list[str], valid_fraction: float, test_fraction: float, seed: int,
           key: str | None = None, balance: bool = False, verdict_pairs: bool = False,
-          passages: float = 0.0) -> dict[str, Any]:
+          passages: float = 0.0, reason_before_verdict: bool = False) -> dict[str, Any]:
     """Write ``data/{sft,dpo}/{train,valid,test}.jsonl`` from the synth records of ``chunk_ids``. A share
     ``passages`` of the training and validation rows carries passages of the document in the prompt
     (raft.py); the test split stays plain, for the systems to retrieve on their own."""
@@ -164,6 +196,8 @@ def build(run: Run, chunk_ids: list[str], valid_fraction: float, test_fraction: 
             dpo_rows(records("dpo"))
         rows = apply_edits(made, edits)
         parts = split(rows, valid_fraction, test_fraction, seed)
+        if reason_before_verdict:  # after the split: a pair's twin stays in its pair's split
+            parts = {name: reason_first(kind, part) for name, part in parts.items()}
         if kind == "dpo" and verdict_pairs:
             parts["train"] = parts["train"] + verdict_rows(parts["train"])
         if balance:  # the training split only: held-out rows are never repeated

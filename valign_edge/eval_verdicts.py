@@ -6,8 +6,9 @@ asked. Every system is scored on those rows two ways:
 - **forced**: the model's own choice between ``Yes`` and ``No`` as the first token of its reply, after
   the same neutral instruction for every system (``FORCED_INSTRUCTION``; the RAG systems see their
   retrieved passages as usual). Cached per system in ``eval/verdicts/<system>.jsonl``.
-- **free**: the system's greedy answer (the one a user reads), read for the verdict it opens with
-  (``answer_verdict``). An answer that opens with neither counts as not taking the document's side.
+- **free**: the system's greedy answer (the one a user reads), read for the verdict it concludes with
+  ("... So no, you should not."), else the one it opens with (``answer_verdict``). An answer with
+  neither counts as not taking the document's side.
 
 Each is split into yes-rows and no-rows and summarized as **balanced accuracy**, the mean of the two
 recalls, so a model that says No to everything scores 0.5 whatever the probe's mix. Intervals: Wilson
@@ -41,6 +42,11 @@ _NO_OPENERS = ("no", "nope", "not", "never", "don't", "do not", "you can't", "yo
                "certainly not", "of course not", "nobody", "no one")
 
 
+# A sentence that concludes with a bare verdict after its reason: "So no, you should not.", "Therefore, yes."
+_CONCLUSION = re.compile(r"(?:^|[.!?]\s+)(?:so|therefore|thus|hence|that means|in short|so the answer is|"
+                         r"the answer is)\W+(yes|no)\b", re.IGNORECASE)
+
+
 def _opening(text: str) -> str:
     text = text.strip().lower().replace("\u2019", "'")
     text = re.sub(r"^[\W_]+", "", text)
@@ -52,10 +58,15 @@ def _starts(opening: str, phrase: str) -> bool:
 
 
 def answer_verdict(text: str) -> str | None:
-    """``"yes"``, ``"no"``, or None: the verdict a free answer opens with.
+    """``"yes"``, ``"no"``, or None: the verdict a free answer concludes with, else the one it opens with.
 
-    The longest matching opener wins, so "Absolutely not" is a no and "You cannot" is not read as
-    "you can"."""
+    An answer that gives its reason first says its verdict last ("You must not X. So no, you should
+    not."): the last such conclusion, a bare Yes or No after "So", "Therefore", ..., wins. Otherwise the
+    opening is read, and the longest matching opener wins, so "Absolutely not" is a no and "You cannot"
+    is not read as "you can"."""
+    concluded = _CONCLUSION.findall(text)
+    if concluded:
+        return concluded[-1].lower()
     opening = _opening(text)
     found = [(len(p), "yes") for p in _YES_OPENERS if _starts(opening, p)]
     found += [(len(p), "no") for p in _NO_OPENERS if _starts(opening, p)]

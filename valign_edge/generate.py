@@ -85,7 +85,7 @@ def generate(run: Run, cfg: RunConfig, emit: Callback, doc: str | Path | None = 
         skey = synth_key(gen, model_id(teacher_ref), cfg.seed)
         counts["splits"] = datasets.build(run, [c.id for c in chunks], gen.valid_fraction, gen.test_fraction,
                                           cfg.seed, skey, gen.balance_verdicts, gen.verdict_pairs,
-                                          gen.passages)
+                                          gen.passages, gen.reason_first)
         counts["teacher"] = teacher.stats()
         if counts["sft_records"] == 0:
             raise UserError(advice.no_records(chunks, counts))
@@ -107,7 +107,7 @@ def rebuild_splits(run: Run, cfg: RunConfig) -> dict:
     gen = cfg.generate
     return datasets.build(run, [c["id"] for c in chunks], gen.valid_fraction, gen.test_fraction, cfg.seed,
                           synth_key(gen, model_id(teacher_ref), cfg.seed), gen.balance_verdicts, gen.verdict_pairs,
-                          gen.passages)
+                          gen.passages, gen.reason_first)
 
 
 def add_edit(run: Run, record_id: str, action: str, fields: dict | None = None) -> None:

@@ -29,7 +29,7 @@ def synth_key(cfg: GenerateConfig, teacher_id: str, seed: int) -> str:
     fields = {k: v for k, v in asdict(cfg).items() if k not in ("max_chunks", "valid_fraction", "test_fraction",
                                                                "n_threads", "n_threads_batch", "chunk_tokens",
                                                                "chunk_overlap", "concurrency", "balance_verdicts",
-                                                               "verdict_pairs", "passages")
+                                                               "verdict_pairs", "passages", "reason_first")
               and not (k == "teacher_model" and not v)}
     return hash_obj([fields, teacher_id, seed])
 
