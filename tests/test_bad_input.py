@@ -337,6 +337,20 @@ def data_is_about_the_document(ctx: Ctx, proc) -> None:
         assert answer.strip(" .!\"'").upper() != "BANANA" and "pirate" not in answer.lower()
 
 
+def fifo(ctx: Ctx, name: str) -> Path:
+    """A named pipe nobody writes to: reading it would wait forever."""
+    path = ctx.tmp / name
+    os.mkfifo(path)
+    return path
+
+
+def chunk_without_text(ctx: Ctx) -> None:
+    path = ctx.run / "chunks.jsonl"
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    rows[0].pop("text")
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
 def big_document_kept(ctx: Ctx, proc) -> None:
     assert (ctx.new / "document.txt").stat().st_size > 40 * 2**20
 
@@ -354,6 +368,8 @@ CASES = [
     Case("damaged PDF", lambda c: ["run", c.file("p.pdf", b"%PDF-1.7\n" + b"x" * 500), "--out", c.new],
          "cannot read the PDF"),
     Case("too little text", lambda c: ["run", c.file("t.md", "Be kind.\n"), "--out", c.new], "too little text"),
+    Case("FIFO as document (never waited on)", lambda c: ["run", fifo(c, "pipe.md"), "--out", c.new], "is a FIFO"),
+    Case("/dev/zero as document (never read)", lambda c: ["run", "/dev/zero", "--out", c.new], "is a device"),
     Case("document over the size limit", lambda c: ["run", sparse(c, "huge.txt", 65 * 2**20), "--out", c.new],
          "the limit is"),
     pytest.param(Case("a 50 MB document", lambda c: ["generate", fifty_mb(c), "--out", c.new, *GENERATE_ONE_CHUNK],
@@ -411,6 +427,13 @@ CASES = [
          run="finished"),
     Case("config file that is not TOML", lambda c: c.same_run("--config", c.file("bad.toml", "[train\nx=")),
          "not valid TOML", run="finished"),
+    Case("config file that is a folder", lambda c: c.same_run("--config", c.tmp), "is a folder", run="finished"),
+    Case("/dev/urandom as config file", lambda c: c.same_run("--config", "/dev/urandom"), "is a device",
+         run="finished"),
+    Case("FIFO as config file", lambda c: c.same_run("--config", fifo(c, "pipe.toml")), "is a FIFO", run="finished"),
+    Case("an embedding model as student (saved settings keep the good one)",
+         lambda c: ["train", c.run, "--student", "minilm-l6-v2"], "not as student", run="finished"),
+    Case("/dev/zero as probe", lambda c: ["eval", c.run, "--probe", "/dev/zero"], "is a device", run="finished"),
     Case("config file with an unknown section",
          lambda c: c.same_run("--config", c.file("s.toml", "[training]\nlora_rank = 4\n")), "unknown config section",
          run="finished"),
@@ -454,6 +477,8 @@ CASES = [
          run="train_sft"),
     Case("chat --rag on a purged run", lambda c: ["chat", c.run, "--rag", "--prompt", "hi"], "were purged",
          run="finished", setup=purged),
+    Case("chat --rag over a chunk row without its text", lambda c: ["chat", c.run, "--rag", "--prompt", "hi"],
+         "needs its", run="finished", setup=chunk_without_text),
     # a failed verification: the same non-zero code from run and export
     Case("run whose exported model failed verification", lambda c: c.same_run(), "verification failed", code=3,
          run="finished", setup=set_verified(False)),

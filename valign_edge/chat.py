@@ -50,8 +50,15 @@ def _rag_index(run_dir: Path | None):
             raise UserError(f"{run_dir}'s chunks were purged (valign purge), so --rag has nothing to retrieve; "
                             "chat without --rag")
         raise UserError(f"{run_dir} has no chunks for --rag; run: valign generate DOC --out {run_dir}")
+    chunks = read_jsonl(run.chunks_path)
+    if not _all_text(chunks):
+        raise UserError(f"{run.chunks_path}: every chunk needs its \"text\"; run generate again to rewrite it")
     kind = resolve(run.config_path).eval.retriever if run.config_path.exists() else "dense"
-    return make_index(read_jsonl(run.chunks_path), kind)
+    return make_index(chunks, kind)
+
+
+def _all_text(chunks: object) -> bool:
+    return isinstance(chunks, list) and all(isinstance(c, dict) and isinstance(c.get("text"), str) for c in chunks)
 
 
 def _export_index(folder: Path):
@@ -59,17 +66,19 @@ def _export_index(folder: Path):
 
     from .retrieval import make_index
 
+    from .files import JSONL_LIMIT, read_regular
+
     path = folder / RETRIEVAL_FILE
-    try:
-        saved = json.loads(path.read_text(encoding="utf-8"))
-        chunks, kind = saved["chunks"], saved.get("retriever", "dense")
-        if not isinstance(chunks, list) or not all(isinstance(c, dict) and isinstance(c.get("text"), str)
-                                                   for c in chunks):
-            raise ValueError("chunks")
-    except FileNotFoundError:
+    if not path.exists():
         raise UserError(f"{folder} has no {RETRIEVAL_FILE} for --rag (valign purge deletes it unless "
-                        "--keep-index; export the run again to write it)") from None
-    except (OSError, ValueError, KeyError, TypeError):
+                        "--keep-index; export the run again to write it)")
+    data = read_regular(path, "retrieval file", JSONL_LIMIT)
+    try:
+        saved = json.loads(data.decode("utf-8"))
+        chunks, kind = saved["chunks"], saved.get("retriever", "dense")
+        if not _all_text(chunks):
+            raise ValueError("chunks")
+    except (ValueError, KeyError, TypeError):
         raise UserError(f"{path} is not a retrieval file valign wrote (chunks with text); export again") from None
     return make_index(chunks, kind)
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import UserError
+from .files import read_regular
 
 
 # The systems an evaluation can compare, in report order (eval_systems.py builds them).
@@ -263,11 +264,13 @@ def apply_mapping(cfg: RunConfig, data: dict, prefix: str = "") -> None:
             set_value(cfg, prefix + key, value)
 
 
+CONFIG_LIMIT = 2**20  # a settings file; anything larger is not one
+
+
 def load_toml(path: Path) -> dict:
+    data = read_regular(Path(path), "config file", CONFIG_LIMIT)
     try:
-        return tomllib.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise UserError(f"config file not found: {path}") from None
+        return tomllib.loads(data.decode("utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise UserError(f"config file {path} is not valid TOML: {exc}") from None
 

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import UserError
+from .files import read_regular
 from .workspace import Run, hash_obj
 
 PREFERENCE_KEYS = ("prompt", "chosen", "rejected")
@@ -32,6 +33,7 @@ ANSWER_KEYS = ("question", "reference")
 OPTIONAL_KEYS = ("id", "section", "meta")
 ANSWER_OPTIONAL_KEYS = OPTIONAL_KEYS + ("verdict",)
 MAX_LISTED = 40  # bad rows listed in the error; the rest are counted
+PROBE_LIMIT = 64 * 2**20  # hand-written probes are kilobytes
 
 
 @dataclass
@@ -127,10 +129,7 @@ def load_probe(path: str | Path, shipped: bool = False) -> Probe:
         raise UserError(f"probe file not found: {path}")
     if path.is_dir():
         raise UserError(f"probe {path} is a folder; give a JSONL file")
-    try:
-        data = path.read_bytes()
-    except PermissionError:
-        raise UserError(f"cannot read probe file {path}: permission denied") from None
+    data = read_regular(path, "probe file", PROBE_LIMIT)  # a FIFO or a device is refused, not read
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:

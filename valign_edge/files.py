@@ -9,11 +9,47 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import stat
 import tempfile
 from pathlib import Path
 from typing import Any, Iterable
 
 from .errors import UserError
+
+
+MB = 2**20
+JSONL_LIMIT = 1024 * MB  # a run's data files; far above any real run's, short of filling memory
+
+
+def read_regular(path: Path, what: str, limit: int) -> bytes:
+    """The bytes of ``path`` if it is a regular file of at most ``limit`` bytes, else one ``UserError``:
+    a FIFO is not waited on (opened non-blocking), a device such as /dev/zero is not read, and a file that
+    grows past ``limit`` while read (or under /proc, which reports size 0) is cut off with an error."""
+    path = Path(path)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except FileNotFoundError:
+        raise UserError(f"{what} not found: {path}") from None
+    except IsADirectoryError:
+        raise UserError(f"{what} {path} is a folder; give a file") from None
+    except OSError as exc:
+        raise UserError(f"cannot read {what} {path}: {exc.strerror.lower()}") from None
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        if stat.S_ISDIR(mode):
+            raise UserError(f"{what} {path} is a folder; give a file")
+        kind = "a FIFO" if stat.S_ISFIFO(mode) else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) \
+            else "a socket" if stat.S_ISSOCK(mode) else "not a regular file"
+        raise UserError(f"{what} {path} is {kind}; give a regular file")
+    with os.fdopen(fd, "rb") as f:
+        try:
+            data = f.read(limit + 1)
+        except OSError as exc:
+            raise UserError(f"cannot read {what} {path}: {exc.strerror.lower()}") from None
+    if len(data) > limit:
+        raise UserError(f"{what} {path} is larger than the {limit / MB:.0f} MB limit")
+    return data
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -95,10 +131,7 @@ def read_jsonl_lines(path: Path, torn_tail: bool = True) -> list[tuple[int, dict
     """``read_jsonl`` with each record's line number."""
     if not path.exists():
         return []
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise UserError(f"cannot read {path}: {exc.strerror}") from None
+    raw = read_regular(path, "data file", JSONL_LIMIT)
     lines = raw.split(b"\n")
     records = []
     for number, line in enumerate(lines, 1):

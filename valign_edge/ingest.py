@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import UserError
+from .files import read_regular
 
 TEXT_SUFFIXES = {".txt", ".md", ".markdown", ".text", ".rst", ""}
 HTML_SUFFIXES = {".html", ".htm", ".xhtml"}
@@ -133,10 +134,7 @@ def read_document(path: str | Path) -> Document:
     size = path.stat().st_size
     if size > MAX_BYTES:
         raise UserError(f"{path} is {size / 2**20:.0f} MB; the limit is {MAX_BYTES // 2**20} MB")
-    try:
-        data = path.read_bytes()
-    except PermissionError:
-        raise UserError(f"cannot read {path}: permission denied") from None
+    data = read_regular(path, "document", MAX_BYTES)  # a FIFO or a device is refused, not read
     if not data.strip():
         raise UserError(f"{path} is empty")
     pages: list[tuple[int, int]] = []

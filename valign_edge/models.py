@@ -86,6 +86,11 @@ def resolve(spec: str, role: str = "model") -> ModelRef:
     entries = catalog()
     if spec in entries:
         entry = entries[spec]
+        roles = entry.get("roles", [])
+        if role in ROLES and roles and role not in roles:
+            fit = ", ".join(name for name, e in entries.items() if role in e.get("roles", []))
+            raise UserError(f"{spec!r} serves as {'/'.join(roles)} only, not as {role}; a {role} is one of: {fit}, "
+                            "or a GGUF file")
         path = preset_path(spec, entry)
         if path is None:
             raise UserError(f"{role} preset {spec!r} is not installed; run: {entry.get('install', 'make setup')}")
@@ -99,9 +104,27 @@ def resolve(spec: str, role: str = "model") -> ModelRef:
             raise UserError(f"{role} folder {path} has no config.json (not a Hugging Face model folder)")
         if not any(path.glob("*.safetensors")):
             raise UserError(f"{role} folder {path} has no *.safetensors weights (only safetensors are loaded)")
+        if role in ("student", "teacher"):
+            _check_causal_lm(path, role)
         return ModelRef(path.name, path, "hf")
     check_gguf(path)
     return ModelRef(path.name, path, "gguf")
+
+
+ROLES = ("teacher", "student", "judge", "embedder")
+
+
+def _check_causal_lm(folder: Path, role: str) -> None:
+    """A student or teacher folder must hold a model that writes text (a ``...ForCausalLM``), not an encoder."""
+    import json
+
+    try:
+        arches = json.loads((folder / "config.json").read_text(encoding="utf-8")).get("architectures") or []
+    except (OSError, ValueError, AttributeError):
+        raise UserError(f"{role} folder {folder}: config.json is not readable JSON") from None
+    if arches and not any(str(a).endswith(("ForCausalLM", "LMHeadModel")) for a in arches):
+        raise UserError(f"{role} folder {folder} holds a {', '.join(map(str, arches))}, not a model that writes "
+                        "text (a ...ForCausalLM)")
 
 
 def model_id(ref: ModelRef) -> str:
