@@ -195,3 +195,40 @@ def test_private_mode_untouched_when_refused(tmp_path):
     assert valign("generate", doc, "--out", proj).returncode == 2
     assert stat.S_IMODE(proj.stat().st_mode) == 0o755
     assert os.listdir(proj) == ["notes.txt"]
+
+
+def test_a_run_folder_writable_by_others_or_not_ours_is_refused(tmp_path, monkeypatch):
+    """Issue 32.2: another user's 0777 "run" whose synth file linked to their own file received the document's
+    questions and answers. Refused now in one line, the folder left as it was."""
+    from valign_edge.errors import UserError
+    from valign_edge.workspace import Run
+
+    run = Run.open(tmp_path / "run")
+    run.root.chmod(0o777)
+    doc = tmp_path / "d.md"
+    doc.write_text(CANARY_DOC)
+    before = snapshot(run.root, ignore=())
+    assert_one_line_error(valign("generate", doc, "--out", run.root, "--preset", "quick"), 2, "chmod 700")
+    assert snapshot(run.root, ignore=()) == before and stat.S_IMODE(run.root.stat().st_mode) == 0o777
+    run.root.chmod(0o700)
+    assert Run.open(run.root).root == run.root
+    monkeypatch.setattr(os, "geteuid", lambda: run.root.stat().st_uid + 1)  # as seen by another user
+    with pytest.raises(UserError, match="belongs to another user"):
+        Run.open(run.root)
+    with pytest.raises(UserError, match="belongs to another user"):
+        Run.open(tmp_path)  # an existing folder of theirs, even with nothing in it yet
+
+
+def test_appends_never_follow_a_symbolic_link(tmp_path):
+    from valign_edge.errors import UserError
+    from valign_edge.files import append_jsonl, read_jsonl
+
+    theirs = tmp_path / "theirs.txt"
+    theirs.write_text("their own file\n")
+    (tmp_path / "sft.jsonl").symlink_to(theirs)
+    with pytest.raises(UserError, match="symbolic link"):
+        append_jsonl(tmp_path / "sft.jsonl", {"question": CANARY})
+    assert theirs.read_text() == "their own file\n"
+    mine = tmp_path / "mine.jsonl"
+    append_jsonl(mine, {"a": 1})
+    assert read_jsonl(mine) == [{"a": 1}] and stat.S_IMODE(mine.stat().st_mode) == 0o600

@@ -101,12 +101,25 @@ def _drop_torn_tail(path: Path) -> None:
         f.truncate(keep)
 
 
+def _append_fd(path: Path) -> int:
+    """``path`` opened for appending, created 0600, never through a symbolic link: in a run folder someone
+    else could write, a link would carry the document's text to a file of theirs."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0),
+                     0o600)
+    except OSError as exc:
+        if os.path.islink(path):
+            raise UserError(f"{path} is a symbolic link; valign does not write through links (remove it)") from None
+        raise UserError(f"cannot write {path}: {exc.strerror.lower()}") from None
+    if os.fstat(fd).st_size:
+        _drop_torn_tail(path)
+    return fd
+
+
 def append_jsonl(path: Path, record: dict) -> None:
     """Append one record and flush it, so a killed process loses at most the record in flight."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if path.exists():
-        _drop_torn_tail(path)
-    with open(path, "a", encoding="utf-8") as f:
+    with os.fdopen(_append_fd(path), "a", encoding="utf-8") as f:
         f.write(json.dumps(record, ensure_ascii=False) + "\n")
         f.flush()
         os.fsync(f.fileno())
@@ -114,10 +127,7 @@ def append_jsonl(path: Path, record: dict) -> None:
 
 def open_append(path: Path):
     """A text file to append lines to (logs), after cutting a torn last line a killed writer left."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if path.exists():
-        _drop_torn_tail(path)
-    return open(path, "a", encoding="utf-8")
+    return os.fdopen(_append_fd(path), "a", encoding="utf-8")
 
 
 def read_jsonl(path: Path, torn_tail: bool = True) -> list[dict]:

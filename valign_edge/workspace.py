@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import resource
+import stat
 import sys
 import time
 from pathlib import Path
@@ -24,6 +25,18 @@ from .files import (  # noqa: F401 (the run's file primitives, re-exported)
     write_json, write_jsonl)
 
 STAGES = ("generate", "train_sft", "train_dpo", "export", "eval")
+
+
+def _refuse_unsafe(root: Path, is_run: bool) -> None:
+    """A run folder holds the document: it must be the user's own, and a run must not be writable by others
+    (anyone who can write it can swap a file for a symlink to theirs and receive the document's text)."""
+    st = root.stat()
+    if st.st_uid != os.geteuid():
+        raise UserError(f"{root} belongs to another user (uid {st.st_uid}); valign only uses run folders you own: "
+                        "copy it to a folder of yours (cp -r) and use the copy")
+    if is_run and st.st_mode & 0o022:
+        raise UserError(f"run folder {root} is writable by others (mode {stat.S_IMODE(st.st_mode):o}); make it "
+                        f"private: chmod 700 {root}")
 
 
 def private_umask() -> None:
@@ -138,6 +151,8 @@ class Run:
         if root.exists() and not root.is_dir():
             raise UserError(f"run folder {root} exists and is not a folder")
         run = cls(root)
+        if root.exists():
+            _refuse_unsafe(root, run.manifest_path.exists())
         if root.exists() and run.manifest_path.exists():
             manifest = run.manifest()
             fmt = manifest.get("format")
