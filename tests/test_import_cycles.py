@@ -22,21 +22,19 @@ def project_modules() -> dict[str, Path]:
     return out
 
 
-def _runtime_nodes(tree: ast.AST):
-    """Every node that can run: all of them but the bodies of ``if TYPE_CHECKING:`` (type hints only)."""
+def _all_nodes(tree: ast.AST):
+    """Every node, the bodies of ``if TYPE_CHECKING:`` included: a module that names another's type for the
+    checker depends on it as surely as one that calls it (the TUI's screens named the app that imports them)."""
     for node in ast.iter_child_nodes(tree):
-        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
-            yield from (n for child in node.orelse for n in [child, *_runtime_nodes(child)])
-            continue
         yield node
-        yield from _runtime_nodes(node)
+        yield from _all_nodes(node)
 
 
 def imports(module: str, path: Path, known: set[str]) -> set[str]:
     """The project modules ``module`` imports anywhere in its file, in functions too."""
     package = module if path.name == "__init__.py" else module.rsplit(".", 1)[0]
     found = set()
-    for node in _runtime_nodes(ast.parse(path.read_text(encoding="utf-8"))):
+    for node in _all_nodes(ast.parse(path.read_text(encoding="utf-8"))):
         if isinstance(node, ast.Import):
             names = [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom):
@@ -95,8 +93,8 @@ def test_the_cycle_finder_finds_a_cycle_through_a_lazy_import(tmp_path):
     b.write_text("def f():\n    from .a import g\n")
     known = {"valign_edge.a", "valign_edge.b", "valign_edge.c"}
     graph = {"valign_edge.a": imports("valign_edge.a", a, known), "valign_edge.b": imports("valign_edge.b", b, known)}
-    assert graph["valign_edge.a"] == {"valign_edge.b"}  # a type-only import never runs
-    assert cycles(graph) == [["valign_edge.a", "valign_edge.b"]]
+    assert graph["valign_edge.a"] == {"valign_edge.b", "valign_edge.c"}  # a type-only import counts too
+    assert cycles({**graph, "valign_edge.c": set()}) == [["valign_edge.a", "valign_edge.b"]]
 
 
 def test_no_import_cycles():

@@ -2,16 +2,34 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import Any, Protocol
 
 from textual.app import ComposeResult
 from textual.screen import Screen
 from textual.widgets import Footer, Header
 
+from ..state import JobState
 from ..widgets.nav import NavBar
 
-if TYPE_CHECKING:
-    from ..app import ValignApp
+
+class Controls(Protocol):
+    """What a screen may ask of the app (``tui.app.ValignApp`` provides it). A protocol, so that screens
+    never import the app that imports them: the screens sit below the app, not beside it."""
+
+    active_run: Any  # valign_edge.workspace.Run or None
+    cfg: Any  # valign_edge.config.RunConfig or None
+    job: JobState
+
+    def show_error(self, exc: BaseException | str, title: str = "Error") -> None: ...
+    def notify(self, message: str, *, severity: str = "information", **kwargs: Any) -> None: ...
+    def open_run(self, path: Path, announce: bool = True) -> bool: ...
+    def open_run_dialog(self) -> None: ...
+    def new_run(self, doc: Path, run_dir: Path, preset: str | None, overrides: dict[str, Any]) -> bool: ...
+    def start_pipeline(self) -> None: ...
+    def start_eval(self) -> None: ...
+    def cancel_job(self) -> None: ...
+    def action_goto(self, name: str) -> None: ...
 
 
 class ValignScreen(Screen):
@@ -20,7 +38,7 @@ class ValignScreen(Screen):
     SCREEN_NAME = ""
 
     @property
-    def valign(self) -> ValignApp:
+    def valign(self) -> Controls:
         return self.app  # type: ignore[return-value]
 
     def compose(self) -> ComposeResult:
