@@ -50,15 +50,13 @@ class _Recorder:
 class _Replay:
     """The teacher the chunk is written with: remembered replies first, the server for the rest."""
 
-    def __init__(self, teacher: Any, replies: dict[str, str], tally: dict):
-        self.teacher, self.replies, self.tally = teacher, replies, tally
+    def __init__(self, teacher: Any, replies: dict[str, str]):
+        self.teacher, self.replies = teacher, replies
 
     def generate(self, messages, *, grammar=None, temperature=0.0, max_tokens=256, seed=None) -> str:
         key = _key(messages, grammar, temperature, max_tokens, seed)
         if key in self.replies:
-            self.tally["remembered"] += 1
             return self.replies[key]
-        self.tally["asked"] += 1
         return self.teacher.generate(messages, grammar=grammar, temperature=temperature, max_tokens=max_tokens,
                                      seed=seed)
 
@@ -79,7 +77,6 @@ class Prefetch:
         self.running: dict[str, tuple[Future, _Recorder]] = {}
         self.next = 0
         self.stop = threading.Event()
-        self.tally = {"remembered": 0, "asked": 0}
         self.pool = ThreadPoolExecutor(n, thread_name_prefix="valign-prefetch") if self.on else None
 
     def _fill(self) -> None:
@@ -105,7 +102,7 @@ class Prefetch:
             raise
         except Exception:  # noqa: BLE001 - the chunk is written live below and meets the error itself
             pass
-        return _Replay(self.teacher, recorder.replies, self.tally)
+        return _Replay(self.teacher, recorder.replies)
 
     def __enter__(self) -> "Prefetch":
         return self

@@ -121,11 +121,6 @@ class BarChart(Widget):
         self.title = title
         self.set_reactive(BarChart.bars, tuple(bars or ()))
 
-    def set_bars(self, title: str, bars: list[tuple[str, float | None]]) -> None:
-        self.title = title
-        self.bars = tuple(bars)
-        self.refresh(layout=True)
-
     def get_content_height(self, container, viewport, width: int) -> int:
         return len(self.bars) + 1
 
