@@ -85,3 +85,15 @@ def test_chat_answer_length_out_of_range_is_one_line(tmp_path):
 
     for value in ("0", "-5", "9000"):  # 0 and below used to mean "no limit"
         assert_one_line_error(valign("chat", tmp_path, "--max-tokens", value), 2, "--max-tokens")
+
+
+def test_every_limit_names_a_numeric_setting():
+    """validate() skips a LIMITS key that names no setting, so a typo there would switch a range check off
+    without a word: each key must name a real numeric setting."""
+    from valign_edge.config import LIMITS, RunConfig
+
+    cfg = RunConfig()
+    for key in LIMITS:
+        section, name = key.split(".", 1)
+        value = getattr(getattr(cfg, section, None), name, None)
+        assert isinstance(value, (int, float)) and not isinstance(value, bool), key

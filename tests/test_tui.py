@@ -466,6 +466,28 @@ def test_start_screen_previews_and_reports_bad_input(in_sample, tmp_path):
     run_async(go())
 
 
+def test_new_run_with_another_document_into_a_run_is_refused(sample_copy, tmp_path):
+    """The CLI refuses to generate another document into a run (its data would be overwritten); the app's
+    new-run path skipped that guard."""
+    from conftest import CANARY_DOC
+
+    other = tmp_path / "other.md"
+    other.write_text(CANARY_DOC)
+    before = {p.name: p.read_bytes() for p in sample_copy.iterdir() if p.is_file() and p.name != ".lock"}
+
+    async def go():
+        app = create_app()
+        async with app.run_test(size=SIZE) as pilot:
+            await pilot.pause()
+            assert app.new_run(other, sample_copy, None, {}) is False
+            await wait_for(pilot, lambda: any(s == "error" and "different document" in m for s, m in notices(app)),
+                           30, "the different-document message")
+            assert app.job.job is None
+
+    run_async(go())
+    assert {p.name: p.read_bytes() for p in sample_copy.iterdir() if p.is_file() and p.name != ".lock"} == before
+
+
 def test_file_picker_chooses_a_document_and_a_run_folder(in_sample):
     from textual.widgets import Input
     from valign_edge.tui.screens.dialogs import PathPicker

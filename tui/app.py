@@ -169,6 +169,7 @@ class ValignApp(App):
     def new_run(self, doc: Path, run_dir: Path, preset: str | None, overrides: dict[str, Any]) -> bool:
         """Create (or reopen) a run folder for ``doc`` with the chosen settings, and start the pipeline."""
         from valign_edge import config, models
+        from valign_edge.commands import check_document
         from valign_edge.ingest import read_document
         from valign_edge.workspace import Run
 
@@ -176,11 +177,12 @@ class ValignApp(App):
             self.show_error("a job is already running; cancel it first")
             return False
         try:
-            read_document(doc)  # refuse bad input before touching the run folder, like the CLI
+            text = read_document(doc).text  # refuse bad input before touching the run folder, like the CLI
             saved = Path(run_dir) / "config.toml"
             cfg = config.resolve(saved=saved if saved.exists() else None, preset=preset, overrides=overrides)
             models.resolve(cfg.teacher, "teacher")  # a server off this machine is refused before the folder
             run = Run.open(Path(run_dir), create=True)
+            check_document(run, text, replace=False)  # another document never overwrites a run's data
         except Exception as exc:  # noqa: BLE001
             self.show_error(exc, "Cannot start")
             return False

@@ -87,7 +87,7 @@ def cmd_generate(args) -> int:
     _announce(resolve(cfg.teacher, "teacher"))
     run = _open_run(args.out, create=True)
     with _stage_session(run) as emit:
-        _check_document(run, text, args.new_document)
+        check_document(run, text, args.new_document)
         info = generate(run, cfg, emit, doc=args.document)
     _print_generate_summary(run, info)
     return 0
@@ -165,7 +165,7 @@ def cmd_run(args) -> int:
         _announce(judge_model_ref(cfg), "judge")
     run = _open_run(args.out, create=True)
     with _stage_session(run) as emit:
-        _check_document(run, text, args.new_document)
+        check_document(run, text, args.new_document)
         info = run_all(run, cfg, emit, doc=args.document, evaluate=args.eval)
     print(f"aligned model: {info['model']}")
     print(f"verification: {'passed' if info['verified'] else 'FAILED'} ({run.export_dir / 'verify.json'})")
@@ -189,7 +189,7 @@ def _verification_exit(run, info: dict) -> int:
     return EXIT_VERIFY_FAILED
 
 
-def _check_document(run, text: str, replace: bool) -> None:
+def check_document(run, text: str, replace: bool) -> None:
     """Refuse to generate another document into a run made from a different one, unless ``replace``;
     then every stage is marked stale (each is redone from the new document)."""
     from .workspace import STAGES, hash_obj

@@ -293,7 +293,7 @@ def resolve(saved: Path | None = None, preset: str | None = None, config_file: P
 
 
 # section.key -> (least, most, what): the range a value must lie in (None: no bound; POSITIVE: above
-# 0). Keys another version renamed are skipped. Every float must also be finite.
+# 0). Every key names a setting (tests/test_config.py checks). Every float must also be finite.
 POSITIVE = -0.0
 LIMITS: dict[str, tuple[float | None, float | None, str]] = {
     "generate.chunk_tokens": (32, 8192, "tokens per chunk"),
