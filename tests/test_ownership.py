@@ -99,8 +99,9 @@ from valign_edge.workspace import Run
 run = Run.open(Path(sys.argv[1]), create=False)
 with run.lock():
     # what atomic_write_bytes leaves when killed before its rename, and a half-written new file
-    fd, tmp = tempfile.mkstemp(dir=run.root / "data" / "sft", prefix=".train.jsonl.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=run.root / "data" / "sft", prefix=".train.jsonl.valign~", suffix=".tmp")
     os.write(fd, b'{"messages": ')
+    (run.root / "data" / "sft" / ".during.md.tmp").write_text("user")  # the user's, saved while it ran
     (run.root / "synth" / "extra.jsonl").write_text("written by valign")
     os.kill(os.getpid(), signal.SIGKILL)
 """
@@ -112,13 +113,14 @@ def test_a_killed_writers_temp_files_go_a_users_stay(finished_run, tmp_path):
     proc = subprocess.run([sys.executable, "-c", KILLED_WRITER, str(run)], cwd=ROOT, env=cli_env(),
                           capture_output=True, text=True)
     assert proc.returncode == -9, proc.stderr[-2000:]
-    left = list((run / "data" / "sft").glob(".train.jsonl.*.tmp"))
+    left = list((run / "data" / "sft").glob(".train.jsonl.valign~*.tmp"))
     assert len(left) == 1
     # The next command that takes the lock cleans up after the killed one, and only after it.
     proc = valign("train", run)  # up to date: trains nothing
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert not left[0].exists()
-    assert all((run / rel).read_text() == "user" for rel in ("data/sft/.mine.tmp", ".draft.tmp", "export/notes.tmp"))
+    assert all((run / rel).read_text() == "user" for rel in ("data/sft/.mine.tmp", ".draft.tmp", "export/notes.tmp",
+                                                             "data/sft/.during.md.tmp"))
     manifest = json.loads((run / "manifest.json").read_text())
     assert "synth/extra.jsonl" in manifest["files"] and not (run / ".valign-session").exists()
     assert valign("purge", run).returncode == 0

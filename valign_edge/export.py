@@ -25,6 +25,7 @@ from .backends.llama_cpp import quantize_gguf
 from .config import CHOICES, RunConfig
 from .errors import UserError
 from .events import Callback, Event, Progress, log
+from .files import temp_path
 from .trainplan import STAGES, adapter_hash
 from .workspace import Run, atomic_write_text, hash_obj, read_jsonl, write_json
 
@@ -51,7 +52,7 @@ def run_converter(script: str, args: list[str], log_path: Path) -> None:
 
 
 def quantize(src: Path, dst: Path, quant: str) -> None:
-    tmp = dst.with_suffix(".tmp")  # a killed write must not leave a cut-off model under the final name
+    tmp = temp_path(dst)  # a killed write must not leave a cut-off model under the final name
     if quant == "f16":
         shutil.copyfile(src, tmp)
     else:

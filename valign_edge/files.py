@@ -52,9 +52,19 @@ def read_regular(path: Path, what: str, limit: int) -> bytes:
     return data
 
 
+# In the name of every temporary file valign writes (``.train.jsonl.valign~x1y2.tmp``): after a crash only
+# names with it are cleaned up, never a user's own ``.notes.md.tmp``.
+TEMP_MARK = ".valign~"
+
+
+def temp_path(path: Path) -> Path:
+    """Where to write ``path`` before renaming it into place (one writer per run: the run's lock)."""
+    return path.parent / f".{path.name}{TEMP_MARK}{os.getpid()}.tmp"
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}{TEMP_MARK}", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)

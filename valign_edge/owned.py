@@ -59,11 +59,12 @@ def scan(root: Path) -> dict[str, list[int]]:
 
 
 def is_temporary(rel: str) -> bool:
-    """A write never renamed into place: ``.name.xyz.tmp`` (atomic writes), ``export/*.tmp`` (model copies)."""
-    name = rel.rstrip("/").rsplit("/", 1)[-1]
-    if rel.endswith("/"):
-        return False
-    return (name.startswith(".") and name.endswith(".tmp")) or (rel.startswith("export/") and name.endswith(".tmp"))
+    """A write of valign's never renamed into place: a name only valign makes (``files.TEMP_MARK``), so a
+    user's own ``.notes.md.tmp`` is never taken for one."""
+    from .files import TEMP_MARK
+
+    name = rel.rsplit("/", 1)[-1]
+    return not rel.endswith("/") and name.startswith(".") and TEMP_MARK in name and name.endswith(".tmp")
 
 
 def _written_since(root: Path, before: dict) -> list[str]:
