@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 from ..errors import UserError
+from ..files import note_written
 from ..models import CACHE_DIR
 
 VERSION = "0.3.36"  # llama-cpp-python's, as in scripts/setup.sh
@@ -67,6 +68,8 @@ class LlamaServer:
                "--parallel", str(self.parallel), "-c", str(self.ctx), "--no-webui", *self.extra]
         if self.threads:
             cmd += ["-t", str(self.threads), "-tb", str(self.threads)]
+        if self.log:
+            note_written(self.log)
         out = open(self.log, "ab") if self.log else subprocess.DEVNULL
         try:
             self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)

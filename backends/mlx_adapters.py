@@ -8,6 +8,8 @@ import os
 import shutil
 from pathlib import Path
 
+from ..files import note_tree
+
 ADAPTER_FILE = "adapters.safetensors"
 
 
@@ -23,6 +25,7 @@ def save_checkpoint(model, optimizer, out: Path, step: int, key: str) -> None:
     (tmp / "trainer_state.json").write_text(json.dumps({"step": step, "key": key}))
     shutil.rmtree(out / "checkpoint", ignore_errors=True)
     os.replace(tmp, out / "checkpoint")
+    note_tree(out / "checkpoint")
 
 
 def load_checkpoint(model, optimizer, out: Path, key: str) -> int:
@@ -58,6 +61,7 @@ def write_adapter(model, config: dict, base: Path, out: Path, meta: dict) -> Non
     (tmp / "training.json").write_text(json.dumps(meta, indent=2))
     shutil.rmtree(out, ignore_errors=True)
     os.replace(tmp, out)
+    note_tree(out)
 
 
 def peft_names(weights: dict) -> dict[str, tuple[str, bool]]:

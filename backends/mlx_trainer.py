@@ -35,6 +35,7 @@ from .. import batching, trainplan
 from ..config import RunConfig
 from ..errors import Cancelled, UserError
 from ..events import Callback, Event, Progress, log
+from ..files import note_written
 from ..trainplan import StagePlan
 from ..workspace import Run, atomic_write_text, peak_rss_mb
 from . import mlx_blas
@@ -298,6 +299,7 @@ class MLXTrainer:
         result.update(pairs=len(pairs), beta=beta, **self._result_common(base))
         write_adapter(model, config, base, out, result)
         # ``_finish`` replaced the folder: keep the reference log-probs beside the adapter.
+        note_written(out / "reference_logps.safetensors")
         mx.save_safetensors(str(out / "reference_logps.safetensors"), {"logps": ref})
         return result
 
@@ -322,6 +324,7 @@ class MLXTrainer:
             rp.update(len(idx))
         model.train()
         ref = mx.concatenate(chunks) if chunks else mx.zeros((0, 2))
+        note_written(ref_path)
         mx.save_safetensors(str(ref_path), {"logps": ref})
         atomic_write_text(out / "reference.json", json.dumps({"key": key}))
         return ref

@@ -17,6 +17,7 @@ from .. import batching, trainplan
 from ..config import RunConfig
 from ..errors import Cancelled, UserError
 from ..events import Callback, Event, Progress, log
+from ..files import note_tree, note_written
 from ..trainplan import StagePlan
 from ..workspace import Run, atomic_write_text, peak_rss_mb
 from .hf import load_tokenizer, student_dir
@@ -147,6 +148,7 @@ class TorchTrainer:
 
             shutil.rmtree(ckpt)
         os.replace(tmp, ckpt)
+        note_tree(ckpt)
 
     def _load_checkpoint(self, model, optimizer, out: Path, key: str) -> int:
         """Restore adapter and optimizer from ``out/checkpoint``; the step to continue from (0: none)."""
@@ -179,6 +181,7 @@ class TorchTrainer:
         (tmp / "training.json").write_text(json.dumps(meta, indent=2))
         shutil.rmtree(out, ignore_errors=True)
         os.replace(tmp, out)
+        note_tree(out)
 
     # --- the loop ------------------------------------------------------------------------
     def _loop(self, stage: str, model, plan: StagePlan, out: Path, step_fn, emit: Callback, should_stop) -> dict:
@@ -339,6 +342,7 @@ class TorchTrainer:
                         rp.update(min(len(idx) * self.group.world, rp.total - rp.done))
             ref = self.group.sum_tensor(ref)
             if self.group.is_main:
+                note_written(ref_path)
                 save_file({"logps": ref.contiguous()}, str(ref_path))
                 atomic_write_text(out / "reference.json", json.dumps({"key": key}))
         log(emit, "train_dpo", f"{len(pairs)} pairs, {plan.steps} steps, beta={tc.dpo_beta}, reference log-probs "
@@ -360,6 +364,7 @@ class TorchTrainer:
         result.update(pairs=len(pairs), beta=beta, precision=self.precision, device=self.device, base=str(base))
         self._finish(model, out, result)
         if self.group.is_main:  # ``_finish`` replaced the folder: keep the reference log-probs beside the adapter
+            note_written(out / "reference_logps.safetensors")
             save_file({"logps": ref.contiguous()}, str(out / "reference_logps.safetensors"))
         return result
 

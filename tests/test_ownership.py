@@ -94,7 +94,7 @@ def _listed(run, rel: str) -> bool:
 KILLED_WRITER = r"""
 import os, signal, sys, tempfile
 from pathlib import Path
-from valign_edge.workspace import Run
+from valign_edge.workspace import Run, append_jsonl
 
 run = Run.open(Path(sys.argv[1]), create=False)
 with run.lock():
@@ -102,7 +102,8 @@ with run.lock():
     fd, tmp = tempfile.mkstemp(dir=run.root / "data" / "sft", prefix=".train.jsonl.valign~", suffix=".tmp")
     os.write(fd, b'{"messages": ')
     (run.root / "data" / "sft" / ".during.md.tmp").write_text("user")  # the user's, saved while it ran
-    (run.root / "synth" / "extra.jsonl").write_text("written by valign")
+    (run.root / "data" / "survey.csv").write_text("user")  # theirs too: never noted, so never claimed
+    append_jsonl(run.root / "synth" / "extra.jsonl", {"written": "by valign"})
     os.kill(os.getpid(), signal.SIGKILL)
 """
 
@@ -122,9 +123,11 @@ def test_a_killed_writers_temp_files_go_a_users_stay(finished_run, tmp_path):
     assert all((run / rel).read_text() == "user" for rel in ("data/sft/.mine.tmp", ".draft.tmp", "export/notes.tmp",
                                                              "data/sft/.during.md.tmp"))
     manifest = json.loads((run / "manifest.json").read_text())
-    assert "synth/extra.jsonl" in manifest["files"] and not (run / ".valign-session").exists()
+    assert "synth/extra.jsonl" in manifest["files"] and not (run / ".valign-written").exists()
+    assert "data/survey.csv" not in manifest["files"] and "data/sft/.during.md.tmp" not in manifest["files"]
     assert valign("purge", run).returncode == 0
     assert not (run / "synth" / "extra.jsonl").exists() and (run / "data" / "sft" / ".mine.tmp").exists()
+    assert (run / "data" / "survey.csv").read_text() == (run / "data" / "sft" / ".during.md.tmp").read_text() == "user"
 
 
 def test_new_document_replaces_the_runs_document_and_marks_later_stages_stale(finished_run, tmp_path):

@@ -169,7 +169,7 @@ class ValignApp(App):
     def new_run(self, doc: Path, run_dir: Path, preset: str | None, overrides: dict[str, Any]) -> bool:
         """Create (or reopen) a run folder for ``doc`` with the chosen settings, and start the pipeline."""
         from valign_edge import config, models
-        from valign_edge.commands import check_document
+        from valign_edge.generate import check_document
         from valign_edge.ingest import read_document
         from valign_edge.workspace import Run
 

@@ -78,7 +78,7 @@ def _open_run(path: Path, create: bool):
 
 
 def cmd_generate(args) -> int:
-    from .generate import generate
+    from .generate import check_document, generate
     from .ingest import read_document
     from .models import resolve
 
@@ -147,6 +147,7 @@ def cmd_export(args) -> int:
 
 def cmd_run(args) -> int:
     from .backends.torch_dist import follow, launched_follower
+    from .generate import check_document
     from .ingest import read_document
     from .models import resolve
     from .pipeline import run_all
@@ -187,22 +188,6 @@ def _verification_exit(run, info: dict) -> int:
     print(f"valign: verification failed: the GGUF does not reproduce the merged model's answers "
           f"(see {run.export_dir / 'verify.json'})", file=sys.stderr)
     return EXIT_VERIFY_FAILED
-
-
-def check_document(run, text: str, replace: bool) -> None:
-    """Refuse to generate another document into a run made from a different one, unless ``replace``;
-    then every stage is marked stale (each is redone from the new document)."""
-    from .workspace import STAGES, hash_obj
-
-    recorded = run.stage_info("generate").get("inputs", {}).get("document")
-    if recorded is None and run.document_path.exists():
-        recorded = hash_obj(run.document_path.read_text(encoding="utf-8"))
-    if recorded is None or recorded == hash_obj(text):
-        return
-    if not replace:
-        raise UserError(f"{run.root} was made from a different document; to replace it (its data, training and "
-                        "export are redone) add --new-document, or give --out a new folder")
-    run.invalidate(*STAGES)
 
 
 def cmd_eval(args) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .eval_systems import REFERENCE_SYSTEM
+from .files import note_written
 
 
 def _bars(section: dict, col: str) -> tuple[list[str], list[float], list[float], list[float]]:
@@ -55,6 +56,7 @@ def _plot(section: dict, col: str, title: str, path: Path) -> Path | None:
     if any(n.endswith("*") for n in names):
         fig.text(0.01, 0.01, "* inconclusive: n < 10, or the interval includes the baseline", fontsize=6)
     fig.tight_layout(rect=(0, 0.03, 1, 1))
+    note_written(path)
     fig.savefig(path)
     plt.close(fig)
     return path

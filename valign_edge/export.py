@@ -25,7 +25,7 @@ from .backends.llama_cpp import quantize_gguf
 from .config import CHOICES, RunConfig
 from .errors import UserError
 from .events import Callback, Event, Progress, log
-from .files import temp_path
+from .files import note_written, temp_path
 from .trainplan import STAGES, adapter_hash
 from .workspace import Run, atomic_write_text, hash_obj, read_jsonl, write_json
 
@@ -42,6 +42,7 @@ def converters_dir() -> Path:
 def run_converter(script: str, args: list[str], log_path: Path) -> None:
     cmd = [sys.executable, str(converters_dir() / script), *args]
     log_path.parent.mkdir(parents=True, exist_ok=True)
+    note_written(log_path)
     with open(log_path, "a", encoding="utf-8") as logf:
         proc = subprocess.run(cmd, stdout=logf, stderr=subprocess.STDOUT, text=True)
     if proc.returncode != 0:
@@ -53,6 +54,7 @@ def run_converter(script: str, args: list[str], log_path: Path) -> None:
 
 def quantize(src: Path, dst: Path, quant: str) -> None:
     tmp = temp_path(dst)  # a killed write must not leave a cut-off model under the final name
+    note_written(dst)
     if quant == "f16":
         shutil.copyfile(src, tmp)
     else:
@@ -213,6 +215,7 @@ def export(run: Run, cfg: RunConfig, emit: Callback) -> dict:
                 # Converted in work/ and moved into place whole: a kill mid-write leaves no cut-off GGUF.
                 run_converter("convert_lora_to_gguf.py", [str(adapter_dir), "--base", str(base_dir), "--outfile",
                                                           str(work / name), "--outtype", "f16"], logs)
+                note_written(out / name)
                 os.replace(work / name, out / name)
         progress.update(1, "adapters converted")
         verify = _verify(run, trainer, merged, f16, model_path, quant, cfg)

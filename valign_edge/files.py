@@ -52,6 +52,57 @@ def read_regular(path: Path, what: str, limit: int) -> bytes:
     return data
 
 
+# What valign writes in a run folder, noted at the moment it writes it: one relative name per line in the
+# run's JOURNAL, folded into the manifest's ``files`` list by ``owned`` under the run's lock. Only names
+# noted here are ever claimed, so a file a user saves into a run folder while a command runs stays theirs.
+JOURNAL = ".valign-written"
+_journals: dict[str, set[str]] = {}  # run root (absolute) -> names this process has noted there
+
+
+def start_journal(root: Path) -> None:
+    """Note writes under ``root`` from now on (every run this process opens)."""
+    _journals.setdefault(os.path.abspath(root), set())
+
+
+def note_written(path: Path) -> None:
+    """Record ``path`` as written by valign in every open run that holds it (a nested run's writes belong to
+    the run around it too). Call it before writing: a kill after the note leaves a name without a file,
+    which is harmless; one before it would leave a file nobody lists."""
+    full = os.path.abspath(path)
+    for root, seen in _journals.items():
+        rel = os.path.relpath(full, root)
+        if rel in seen or rel == JOURNAL or rel.startswith(("..", "/")):
+            continue
+        seen.add(rel)
+        fd = os.open(os.path.join(root, JOURNAL), os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+        try:
+            os.write(fd, (Path(rel).as_posix() + "\n").encode("utf-8"))
+        finally:
+            os.close(fd)
+
+
+def note_tree(folder: Path) -> None:
+    """Record every file under ``folder`` (written whole by a library: adapters, a merged model)."""
+    for dirpath, _dirs, names in os.walk(folder):
+        for name in names:
+            note_written(Path(dirpath) / name)
+
+
+def read_journal(root: Path) -> list[str]:
+    try:
+        text = (Path(root) / JOURNAL).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return []
+    return [line for line in text.splitlines() if line.strip()]
+
+
+def clear_journal(root: Path) -> None:
+    """After the names are in the manifest: the next command starts a fresh journal."""
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(Path(root) / JOURNAL)
+    _journals.get(os.path.abspath(root), set()).clear()
+
+
 # In the name of every temporary file valign writes (``.train.jsonl.valign~x1y2.tmp``): after a crash only
 # names with it are cleaned up, never a user's own ``.notes.md.tmp``.
 TEMP_MARK = ".valign~"
@@ -64,6 +115,7 @@ def temp_path(path: Path) -> Path:
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
+    note_written(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}{TEMP_MARK}", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
@@ -115,6 +167,7 @@ def _append_fd(path: Path) -> int:
     """``path`` opened for appending, created 0600, never through a symbolic link: in a run folder someone
     else could write, a link would carry the document's text to a file of theirs."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    note_written(path)
     try:
         fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0),
                      0o600)

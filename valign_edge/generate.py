@@ -117,3 +117,19 @@ def add_edit(run: Run, record_id: str, action: str, fields: dict | None = None) 
     if action not in ("reject", "edit", "restore"):
         raise UserError(f"unknown edit action {action!r}")
     append_jsonl(run.data_dir / "edits.jsonl", {"id": record_id, "action": action, "fields": fields or {}})
+
+
+def check_document(run, text: str, replace: bool) -> None:
+    """Refuse to generate another document into a run made from a different one, unless ``replace``;
+    then every stage is marked stale (each is redone from the new document)."""
+    from .workspace import STAGES
+
+    recorded = run.stage_info("generate").get("inputs", {}).get("document")
+    if recorded is None and run.document_path.exists():
+        recorded = hash_obj(run.document_path.read_text(encoding="utf-8"))
+    if recorded is None or recorded == hash_obj(text):
+        return
+    if not replace:
+        raise UserError(f"{run.root} was made from a different document; to replace it (its data, training and "
+                        "export are redone) add --new-document, or give --out a new folder")
+    run.invalidate(*STAGES)

@@ -1,15 +1,14 @@
 """What valign wrote in a run folder, known by name: the manifest's ``files`` list.
 
-Only valign's own writes are listed, so ``valign purge`` and the lock's clean-up of temporary files
-never touch a file a user keeps in (or adds to) a run folder.
+Only valign's own writes are listed, so ``valign purge`` and the clean-up after a crash never touch a
+file a user keeps in (or adds to) a run folder, even one saved there while a command runs.
 
-While a valign process holds a run's lock, ``.valign-session`` keeps the size and mtime of every
-entry under the run layout's names at the start. When the lock is released, every entry that is new
-or changed since then was written by that process and joins ``files``. A process killed with its lock
-(``kill -9``, a power cut) leaves ``.valign-session`` behind: the next process to take the lock lists
-what the killed one wrote, and deletes the temporary files among it (writes never renamed into place).
-A run folder is created with a session already open, so what a command writes before it takes the
-lock (its log file) is listed too.
+Every write of valign's notes its name at the moment it writes (``files.note_written``: the atomic
+writer, the JSONL and log appenders, and the call sites where a library writes a file or a folder), in
+the run's journal ``.valign-written``. Whoever next holds the run's lock folds the journal into
+``files``: the command itself when it releases the lock, or, after a ``kill -9``, the next command when
+it takes it. That next command also deletes the temporary files a killed one left, recognised by a name
+only valign makes (``files.TEMP_MARK``); nothing else is ever taken for one.
 
 Runs made by a valign-edge that kept no list (no ``files`` in the manifest) are left alone.
 """
@@ -17,7 +16,6 @@ Runs made by a valign-edge that kept no list (no ``files`` in the manifest) are 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 from pathlib import Path
 
@@ -25,7 +23,7 @@ from pathlib import Path
 LAYOUT = ("manifest.json", "config.toml", "document.txt", "document.pages.json", "chunks.jsonl", "synth", "data",
           "logs", "eval", "work", "review", "adapters", "export")
 LOCK = ".lock"
-SESSION = ".valign-session"
+SESSION = ".valign-session"  # written by earlier versions (a scan of the run); removed when met
 
 
 def _top_level_ok(name: str) -> bool:
@@ -67,65 +65,61 @@ def is_temporary(rel: str) -> bool:
     return not rel.endswith("/") and name.startswith(".") and TEMP_MARK in name and name.endswith(".tmp")
 
 
-def _written_since(root: Path, before: dict) -> list[str]:
-    now = scan(root)
-    return sorted(rel for rel, stamp in now.items() if before.get(rel) != stamp)
+def _fold(run) -> None:
+    """Move the names in the run's journal (and their folders) into the manifest's ``files`` list."""
+    from .files import clear_journal, read_journal
+
+    noted = read_journal(run.root)
+    manifest = run.manifest()
+    if "files" in manifest and noted:
+        files = set(manifest["files"])
+        for rel in noted:
+            files.add(rel)
+            parts = rel.split("/")[:-1]
+            files.update("/".join(parts[: i + 1]) + "/" for i in range(len(parts)))
+        if files != set(manifest["files"]):
+            manifest["files"] = sorted(files)
+            run.write_manifest(manifest)
+    clear_journal(run.root)
 
 
-def _read_session(run) -> dict | None:
-    try:
-        session = json.loads((run.root / SESSION).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return session if isinstance(session, dict) else None
+def _drop_temporaries(run) -> None:
+    """Delete the temporary files a killed valign left (names only valign makes, see ``is_temporary``)."""
+    for rel in scan(run.root):
+        if is_temporary(rel):
+            with contextlib.suppress(FileNotFoundError, IsADirectoryError):
+                (run.root / rel).unlink()
 
 
 def open_session(run, before: dict) -> None:
-    from .files import write_json
+    """Start noting what this process writes in ``run`` (``files.note_written``)."""
+    from .files import start_journal
 
-    write_json(run.root / SESSION, before)
+    start_journal(run.root)
 
 
 def close_session(run) -> None:
     with contextlib.suppress(FileNotFoundError):
-        (run.root / SESSION).unlink()
+        (run.root / SESSION).unlink()  # left by a valign-edge that listed files by a scan
 
 
 def begin(run) -> None:
-    """Called with the lock just taken: list what a killed holder wrote, drop its temp files, open a session."""
-    for leftover in run.root.glob(f"{SESSION}.*.tmp"):  # our own session file's atomic write, cut short
+    """Called with the lock just taken: list what an earlier process noted (a killed one's too), drop
+    the temporary files a killed one left (no other process can be writing: we hold the lock)."""
+    for leftover in run.root.glob(f"{SESSION}.*.tmp"):
         leftover.unlink(missing_ok=True)
-    manifest = run.manifest()
-    if "files" not in manifest:
+    if "files" not in run.manifest():
         return  # made by an older valign-edge: no list to keep
-    stale = _read_session(run)
-    if stale is not None:
-        files = set(manifest["files"])
-        for rel in _written_since(run.root, stale):
-            if is_temporary(rel):
-                with contextlib.suppress(FileNotFoundError, IsADirectoryError):
-                    (run.root / rel).unlink()
-            else:
-                files.add(rel)
-        if files != set(manifest["files"]):
-            manifest["files"] = sorted(files)
-            run.write_manifest(manifest)
-    open_session(run, scan(run.root))
+    _fold(run)
+    _drop_temporaries(run)
+    close_session(run)
+    open_session(run, {})
 
 
 def end(run) -> None:
-    """Called before the lock is released: list what this process wrote, close the session."""
-    before = _read_session(run)
-    if before is None or not run.manifest_path.exists():
-        close_session(run)
-        return
-    manifest = run.manifest()
-    if "files" in manifest:
-        files = set(manifest["files"]) | set(_written_since(run.root, before))
-        if files != set(manifest["files"]):
-            manifest["files"] = sorted(files)
-            run.write_manifest(manifest)
-    close_session(run)
+    """Called before the lock is released: list what this process wrote."""
+    if run.manifest_path.exists():
+        _fold(run)
 
 
 def listed(run) -> list[str] | None:

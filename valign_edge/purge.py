@@ -23,6 +23,7 @@ from pathlib import Path
 
 from . import owned
 from .errors import UserError
+from .files import JOURNAL
 from .workspace import Run
 
 RUN_FILES = ("manifest.json", "config.toml", owned.LOCK)
@@ -115,7 +116,7 @@ def purge(run: Run, keep_model: bool = True, keep_index: bool = False) -> list[P
             _report(skipped)
             run.manifest_path.unlink()
             removed.append(run.manifest_path)
-            for name in (owned.LOCK, owned.SESSION):  # valign's own names (the lock is held open by us)
+            for name in (owned.LOCK, owned.SESSION, JOURNAL):  # valign's own names (the lock is held open by us)
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(run.root / name)
             with contextlib.suppress(OSError):

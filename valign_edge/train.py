@@ -10,6 +10,7 @@ from .backends import Trainer, choose_backend, load_trainer, torch_dist, trainer
 from .config import RunConfig
 from .errors import UserError
 from .events import Callback, Event, log
+from .files import note_tree
 from .generate import save_config
 from .trainplan import STAGES
 from .workspace import Run, available_memory_bytes, read_jsonl, require_free_disk
@@ -125,3 +126,4 @@ def _sft_as_dpo(run: Run, emit: Callback) -> None:
     shutil.rmtree(target, ignore_errors=True)
     shutil.copytree(run.adapter_dir("sft"), target, ignore=shutil.ignore_patterns("checkpoint"))
     (target / "training.json").write_text(json.dumps({"skipped": "no preference pairs", "copied_from": "sft"}))
+    note_tree(target)

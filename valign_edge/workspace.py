@@ -22,7 +22,7 @@ from . import RUN_FORMAT_VERSION, __version__
 from .errors import UserError
 from .files import (  # noqa: F401 (the run's file primitives, re-exported)
     _json_type, append_jsonl, atomic_write_bytes, atomic_write_text, open_append, read_jsonl, read_jsonl_lines,
-    write_json, write_jsonl)
+    start_journal, write_json, write_jsonl)
 
 STAGES = ("generate", "train_sft", "train_dpo", "export", "eval")
 
@@ -154,6 +154,7 @@ class Run:
         if root.exists():
             _refuse_unsafe(root, run.manifest_path.exists())
         if root.exists() and run.manifest_path.exists():
+            start_journal(root)  # what this process writes here is noted (owned.py)
             manifest = run.manifest()
             fmt = manifest.get("format")
             if fmt != RUN_FORMAT_VERSION:
@@ -282,5 +283,5 @@ def _entries(root: Path) -> list[Path]:
 
 def _ours(name: str) -> bool:
     """Names a valign process may leave in a folder before its manifest exists (an interrupted creation)."""
-    return name in (".lock", ".valign-session") or (name.startswith((".manifest.json.", ".valign-session."))
-                                                   and name.endswith(".tmp"))
+    return name in (".lock", ".valign-session", ".valign-written") or (
+        name.startswith((".manifest.json.", ".valign-session.")) and name.endswith(".tmp"))
