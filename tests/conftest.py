@@ -152,8 +152,10 @@ def unshare_prefix() -> list[str]:
 def sigint_as_in_a_terminal() -> None:
     """``preexec_fn`` for a valign a test will Ctrl-C: SIGINT back to its default. A suite started as a
     background job (``make test &``) inherits SIGINT ignored, and so would every valign it starts: the
-    Ctrl-C tests would then watch an uninterruptible process run to the end."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    Ctrl-C tests would then watch an uninterruptible process run to the end. SIGTERM and SIGHUP too (a
+    suite under nohup ignores SIGHUP)."""
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_DFL)
 
 
 def cli_command(*args) -> list[str]:

@@ -93,7 +93,7 @@ class Case:
     stage_may_start: bool = False  # the failure comes inside a stage (Ctrl-C, disk full mid-write)
 
     def __post_init__(self):
-        self.stage_may_start = self.stage_may_start or self.code == 130
+        self.stage_may_start = self.stage_may_start or self.code in (130, 143, 129)  # stopped by a signal
 
 
 # --- inputs -------------------------------------------------------------------------------------------------
@@ -253,11 +253,12 @@ def start_and_wait_for_stage(ctx: Ctx, args: list, stage: str, timeout: float = 
     pytest.fail(f"{stage} did not start within {timeout} s")
 
 
-def ctrl_c_in(stage: str):
+def ctrl_c_in(stage: str, sig: int = signal.SIGINT):
     def runner(ctx: Ctx, args: list) -> subprocess.CompletedProcess:
         proc = start_and_wait_for_stage(ctx, args, stage)
         # At once: the stage has reported progress, so it is running; a fixed wait here let a fast machine finish.
-        os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does: the whole foreground group
+        # The whole group, as a terminal's Ctrl-C or its closing (SIGHUP) does.
+        os.killpg(proc.pid, sig)
         out, err = proc.communicate(timeout=600)
         manifest = _manifest(ctx.run)
         assert manifest["stages"].get(stage, {}).get("status") != "done", "an interrupted stage must not be done"
@@ -522,6 +523,11 @@ CASES = [
            runner=ctrl_c_in(stage)) for stage in ("generate", "train_sft", "train_dpo", "export")],
     Case("Ctrl-C during eval", lambda c: ["eval", c.run], "run the same command again", run="eval", code=130,
          runner=ctrl_c_in("eval")),
+    # SIGTERM (kill, a service manager) and SIGHUP (the terminal closed) stop as cleanly as Ctrl-C
+    Case("SIGTERM during train_sft", lambda c: c.same_run(), "interrupted by SIGTERM", run="train_sft", code=143,
+         runner=ctrl_c_in("train_sft", signal.SIGTERM)),
+    Case("SIGHUP during generate", lambda c: c.same_run(), "interrupted by SIGHUP", run="generate", code=129,
+         runner=ctrl_c_in("generate", signal.SIGHUP)),
 ]
 
 

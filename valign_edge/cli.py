@@ -10,7 +10,8 @@ import sys
 from pathlib import Path
 
 from .commands import (  # noqa: F401 (the verbs, for the parser's table)
-    _sticky_sigint, cmd_chat, cmd_config, cmd_eval, cmd_export, cmd_generate, cmd_models, cmd_purge, cmd_run, cmd_train, cmd_tui)
+    _sticky_sigint, cmd_chat, cmd_config, cmd_eval, cmd_export, cmd_generate, cmd_models, cmd_purge, cmd_run,
+    cmd_train, cmd_tui, stop_signal)
 from .errors import Cancelled, UserError
 
 EPILOG = """examples:
@@ -22,7 +23,8 @@ EPILOG = """examples:
   valign                                             # the terminal app
 
 exit codes: 0 done, 2 bad input or setting (one line says what), 3 the exported model failed its
-verification (run, export), 130 interrupted (run the same command again to resume)
+verification (run, export), 130 interrupted by Ctrl-C, 143 by SIGTERM, 129 by SIGHUP (run the same
+command again to resume)
 """
 
 
@@ -154,10 +156,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except Cancelled as exc:
         print(f"valign: {exc}; run the same command again to resume", file=sys.stderr)
-        return 130
+        return 128 + stop_signal()
     except KeyboardInterrupt:
-        print("\nvalign: interrupted; run the same command again to resume", file=sys.stderr)
-        return 130
+        import signal
+
+        sig = stop_signal()
+        how = "" if sig == signal.SIGINT else f" by {signal.Signals(sig).name}"
+        print(f"\nvalign: interrupted{how}; run the same command again to resume", file=sys.stderr)
+        return 128 + sig  # the shell's convention: 130 for Ctrl-C, 143 for SIGTERM, 129 for SIGHUP
     except Exception as exc:
         # The machine, not the code: a full disk or a folder we may not write, from our own writes or
         # from inside a library (safetensors and torch wrap the OS error in their own exceptions).

@@ -53,22 +53,34 @@ def _stage_session(run):
             sink.close()
 
 
-_INTERRUPTED = False
+_INTERRUPTED = 0  # the signal that stopped the command (0: none)
+
+
+def stop_signal() -> int:
+    """The signal that interrupted the command: SIGINT (Ctrl-C) unless SIGTERM or SIGHUP came."""
+    import signal
+
+    return _INTERRUPTED or signal.SIGINT
 
 
 def _sticky_sigint() -> None:
-    """Ctrl-C raises KeyboardInterrupt and is remembered. llama.cpp logs through a ctypes callback
-    while it loads a model, and ctypes swallows exceptions raised in callbacks: a Ctrl-C that lands
-    there was lost and the stage ran to the end. The next progress event raises it again."""
+    """Ctrl-C, SIGTERM (``kill``, a service manager) and SIGHUP (the terminal closed) raise
+    KeyboardInterrupt and are remembered, so each stops the command the same clean, resumable way.
+    llama.cpp logs through a ctypes callback while it loads a model, and ctypes swallows exceptions
+    raised in callbacks: a signal that lands there was lost and the stage ran to the end. The next
+    progress event raises it again. A signal the parent set to be ignored (nohup) stays ignored."""
     import signal
 
-    def on_sigint(signum, frame):
+    def on_signal(signum, frame):
         global _INTERRUPTED
-        _INTERRUPTED = True
+        _INTERRUPTED = signum
         raise KeyboardInterrupt
 
     if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
-        signal.signal(signal.SIGINT, on_sigint)
+        signal.signal(signal.SIGINT, on_signal)
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        if signal.getsignal(sig) is signal.SIG_DFL:
+            signal.signal(sig, on_signal)
 
 
 def _open_run(path: Path, create: bool):
