@@ -476,6 +476,8 @@ CASES = [
          setup=no_pairs_after_filters, check=names_the_rejected_pairs, damage_check=False),
     Case("chat with a run that is not trained yet", lambda c: ["chat", c.run, "--prompt", "hi"], "not trained yet",
          run="train_sft"),
+    Case("eval on a run not trained yet (names train, not only export)", lambda c: ["eval", c.run],
+         "valign train", run="train_sft"),
     Case("chat --rag on a purged run", lambda c: ["chat", c.run, "--rag", "--prompt", "hi"], "were purged",
          run="finished", setup=purged),
     Case("chat --rag over a chunk row without its text", lambda c: ["chat", c.run, "--rag", "--prompt", "hi"],

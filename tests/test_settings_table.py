@@ -73,3 +73,19 @@ def test_a_bad_setting_is_one_line_before_any_work(key, value, tmp_path, capsys,
     lines = [line for line in err.splitlines() if line.startswith("valign: error:")]
     assert code == 2 and len(lines) == 1 and "Traceback" not in err, err
     assert not out.exists(), f"{key}={value} made a run folder before it was refused"
+
+
+@pytest.mark.parametrize("args", [["generate", "{doc}", "--out", ""], ["run", "{doc}", "--out", "{out}", "--teacher", ""],
+                                  ["run", "{doc}", "--out", "{out}", "--student", " "], ["train", ""], ["chat", ""],
+                                  ["purge", ""]], ids=["out", "teacher", "student", "train-run", "chat-target", "purge"])
+def test_an_empty_name_is_refused_not_taken_for_the_current_folder(args, tmp_path, capsys, monkeypatch):
+    """An empty --out or run folder meant the current folder (purge '' would have purged it), an empty
+    --teacher or --student the default."""
+    monkeypatch.setattr(cli, "_sticky_sigint", lambda: None)
+    monkeypatch.chdir(tmp_path)
+    doc = tmp_path / "policy.md"
+    doc.write_text(CANARY_DOC)
+    with pytest.raises(SystemExit) as exc:
+        cli.main([a.format(doc=doc, out=tmp_path / "run") for a in args])
+    assert exc.value.code == 2 and "it is empty" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["policy.md"]

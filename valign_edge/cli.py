@@ -28,15 +28,26 @@ command again to resume)
 """
 
 
+def _given(text: str) -> str:
+    """An argument that names something: empty would silently mean the default or the current folder."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("it is empty; give a name or a path")
+    return text
+
+
+def _path(text: str) -> Path:
+    return Path(_given(text))
+
+
 def _config_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("configuration (later wins: run's config.toml < --preset < --config < flags)")
     g.add_argument("--preset", choices=None, help="quick (minutes on 2 CPU cores) or default")
-    g.add_argument("--config", type=Path, help="TOML file with [generate]/[train]/[export]/[eval] sections")
+    g.add_argument("--config", type=_path, help="TOML file with [generate]/[train]/[export]/[eval] sections")
     g.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override one setting, e.g. --set generate.questions_per_chunk=6 (see `valign config`)")
-    g.add_argument("--teacher", help="teacher: catalog preset, GGUF path, ollama:NAME:TAG, or a server's "
+    g.add_argument("--teacher", type=_given, help="teacher: catalog preset, GGUF path, ollama:NAME:TAG, or a server's "
                                      "http://HOST:PORT/v1 (default smollm2-135m-instruct)")
-    g.add_argument("--student", help="student: catalog preset, GGUF file or HF folder")
+    g.add_argument("--student", type=_given, help="student: catalog preset, GGUF file or HF folder")
     g.add_argument("--backend", choices=["auto", "torch", "mlx"], help="training backend (default auto)")
     g.add_argument("--quant", help="export quantization: f16, q8_0 (default) or q4_k_m")
     g.add_argument("--seed", type=int, help="random seed")
@@ -60,8 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     p = verb("run", cmd_run, "all stages: generate data, train SFT + DPO, export GGUF (resumable)")
-    p.add_argument("document", type=Path, help="value document (.txt, .md, .html, .pdf, .docx, .odt)")
-    p.add_argument("--out", type=Path, required=True,
+    p.add_argument("document", type=_path, help="value document (.txt, .md, .html, .pdf, .docx, .odt)")
+    p.add_argument("--out", type=_path, required=True,
                    help="run folder: a new or empty folder (created private to you), or an existing run")
     p.add_argument("--new-document", action="store_true",
                    help="replace the run's document with another one (its data, training and export are redone)")
@@ -71,34 +82,34 @@ def build_parser() -> argparse.ArgumentParser:
                         "when there is one) and answers side by side")
 
     p = verb("generate", cmd_generate, "chunk a document and have the teacher write SFT and DPO data")
-    p.add_argument("document", type=Path, help="value document (.txt, .md, .html, .pdf, .docx, .odt)")
-    p.add_argument("--out", type=Path, required=True,
+    p.add_argument("document", type=_path, help="value document (.txt, .md, .html, .pdf, .docx, .odt)")
+    p.add_argument("--out", type=_path, required=True,
                    help="run folder: a new or empty folder (created private to you), or an existing run")
     p.add_argument("--new-document", action="store_true",
                    help="replace the run's document with another one (its data, training and export are redone)")
 
     p = verb("train", cmd_train, "LoRA SFT then DPO on the run's data (torch/PEFT or MLX)")
-    p.add_argument("run", type=Path, help="run folder with generated data")
+    p.add_argument("run", type=_path, help="run folder with generated data")
     for p in (sub.choices["run"], p):
         p.add_argument("--processes", type=int, metavar="N",
                        help="train data-parallel in N processes (torch: gloo on the CPU, NCCL on GPUs); the "
                             "result equals one process's. On a cluster: torchrun / accelerate launch (README)")
 
     p = verb("export", cmd_export, "merge adapters, convert to GGUF, quantize, verify, write a Modelfile")
-    p.add_argument("run", type=Path, help="run folder with trained adapters")
+    p.add_argument("run", type=_path, help="run folder with trained adapters")
 
     p = verb("eval", cmd_eval, "compare vanilla, RAG, SFT and SFT+DPO on hand-written probe sets (--probe) and on "
                                "held-out questions")
-    p.add_argument("run", type=Path, nargs="?", help="run folder with exported models")
-    p.add_argument("--doc", type=Path, help="evaluate on questions generated from another document")
-    p.add_argument("--probe", type=Path, action="append", metavar="FILE.jsonl",
+    p.add_argument("run", type=_path, nargs="?", help="run folder with exported models")
+    p.add_argument("--doc", type=_path, help="evaluate on questions generated from another document")
+    p.add_argument("--probe", type=_path, action="append", metavar="FILE.jsonl",
                    help="a hand-written probe set (rows {prompt, chosen, rejected} or {question, reference}); "
                         "repeatable; default: eval.probe, or the shipped probe of a shipped document; "
                         "answer rows may carry \"verdict\": \"yes\"|\"no\" to measure which side answers take")
-    p.add_argument("--grading-sheet", type=Path, metavar="FILE.csv",
+    p.add_argument("--grading-sheet", type=_path, metavar="FILE.csv",
                    help="after evaluating, write every system's answers shuffled with system names hidden, for a "
                         "person to mark f (takes the document's side) or u in the mark column")
-    p.add_argument("--grades", type=Path, metavar="FILE.csv",
+    p.add_argument("--grades", type=_path, metavar="FILE.csv",
                    help="read a marked grading sheet back: faithful rate per system into eval/report.md "
                         "(no evaluation is run)")
     p.add_argument("--compare", nargs="+", metavar="RUN", help="print the reports of several runs side by side")
@@ -108,7 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
                             "eval.judge) receive the document")
 
     p = verb("chat", cmd_chat, "chat with an exported model (streaming)", config=False)
-    p.add_argument("target", type=Path, help="run folder or GGUF file")
+    p.add_argument("target", type=_path, help="run folder or GGUF file")
     p.add_argument("--prompt", help="answer one prompt and exit")
     p.add_argument("--rag", action="store_true", help="retrieve chunks of the run's document into the prompt")
     p.add_argument("--vanilla", action="store_true", help="chat with the run's base model instead")
@@ -121,14 +132,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = verb("purge", cmd_purge, "delete a run's document, chunks and datasets (keeps the exported model)",
              config=False)
-    p.add_argument("run", type=Path)
+    p.add_argument("run", type=_path)
     p.add_argument("--all", action="store_true", help="also delete adapters and exported models")
     p.add_argument("--keep-index", action="store_true",
                    help="keep export/retrieval.json (the document's chunks), so the export folder still serves "
                         "chat --rag")
 
     p = verb("tui", cmd_tui, "open the terminal app", config=False)
-    p.add_argument("run", type=Path, nargs="?", help="run folder to open")
+    p.add_argument("run", type=_path, nargs="?", help="run folder to open")
     p.add_argument("--allow-remote", action="store_true",
                    help="let a teacher or judge server off this machine receive the document (the app says where)")
     return parser

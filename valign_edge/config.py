@@ -272,7 +272,7 @@ def load_toml(path: Path) -> dict:
     try:
         return tomllib.loads(data.decode("utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise UserError(f"config file {path} is not valid TOML: {exc}") from None
+        raise UserError(f"config file {path} is not valid TOML: {exc}; fix the line it names") from None
 
 
 def resolve(saved: Path | None = None, preset: str | None = None, config_file: Path | None = None,

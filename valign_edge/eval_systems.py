@@ -61,8 +61,10 @@ def find_systems(run: Run, cfg: RunConfig, emit: Callback) -> list[System]:
     base, model = pick("base"), pick("model")
     if base is None or model is None:
         missing = "export/model-*.gguf" if model is None else "export/base-*.gguf"
-        raise UserError(f"{run.root} has no exported models ({missing} is missing: the export stage has not run); "
-                        f"run: valign export {run.root}")
+        trained = (run.adapter_dir("dpo") / "training.json").exists()
+        step = f"valign export {run.root}" if trained else f"valign train {run.root} && valign export {run.root}"
+        raise UserError(f"{run.root} has no exported models ({missing} is missing: "
+                        f"{'the export stage has not run' if trained else 'it is not trained yet'}); run: {step}")
     sft_adapter = out / "adapter-sft.gguf"
     systems = {"vanilla": System("vanilla", base), "rag": System("rag", base, rag=True),
                "sft": System("sft", base, lora=sft_adapter), "dpo": System("dpo", model),

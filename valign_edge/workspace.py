@@ -217,7 +217,8 @@ class Run:
         try:
             manifest = json.loads(self.manifest_path.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise UserError(f"{self.manifest_path} is unreadable: {exc}") from None
+            raise UserError(f"{self.manifest_path} is unreadable ({exc}); restore it from a backup, or start a new "
+                            "run folder (valign never rewrites a manifest it cannot read)") from None
         if not isinstance(manifest, dict) or not isinstance(manifest.get("stages", {}), dict) \
                 or not all(isinstance(v, dict) for v in manifest.get("stages", {}).values()):
             raise UserError(f"{self.manifest_path} is not a valign manifest (a JSON object with a \"stages\" "
