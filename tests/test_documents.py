@@ -130,6 +130,13 @@ def test_pdf_without_text_layer_is_one_line(tmp_path):
     proc = valign("generate", tmp_path / "scan.pdf", "--out", tmp_path / "run")
     assert_one_line_error(proc, 2, "no text layer")
     assert not (tmp_path / "run").exists()
+    title = fpdf.FPDF()  # a few words are a text layer: too little text, not a scan
+    title.add_page()
+    title.set_font("Helvetica", size=14)
+    title.cell(text="Code of conduct")
+    title.output(str(tmp_path / "title.pdf"))
+    proc = valign("generate", tmp_path / "title.pdf", "--out", tmp_path / "run")
+    assert_one_line_error(proc, 2, "too little text")
 
 
 @pytest.mark.parametrize("name,data", [("broken.pdf", b"%PDF-1.7\n1 0 obj <<\n"),

@@ -195,9 +195,12 @@ def read_pdf(path: Path, normalize) -> tuple[str, list[tuple[int, int]]]:
         raise UserError(f"{path}: cannot read the PDF ({detail})") from None
     if not pages:
         raise UserError(f"{path}: the PDF has no pages")
-    if sum(len(re.findall(r"\w+", line.text)) for lines in pages for line in lines) < 5:
+    words = sum(len(re.findall(r"\w+", line.text)) for lines in pages for line in lines)
+    if words == 0:
         raise UserError(f"{path}: the PDF has no text layer (scanned pages?); valign-edge does no OCR, "
                         "so export it with its text or run OCR on it first")
+    if words < 5:  # a text layer with a few words: a title page, not a scan
+        raise UserError(f"{path} has too little text to learn values from ({words} words)")
     body, levels = _heading_levels(pages)
     furniture = _furniture(pages)
     text, starts = "", []
