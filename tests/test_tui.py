@@ -566,6 +566,9 @@ def test_reject_edit_and_restore_records(sample_copy):
             first = screen.current_row()["meta"]["id"]
             await pilot.press("r")
             await wait_for(pilot, lambda: table.row_count == len(before) - 1, 30, "the rejection")  # a worker
+            await pilot.press("u")  # the selection is now on a record never changed: nothing to restore
+            await wait_for(pilot, lambda: any("nothing to restore" in m for _, m in notices(app)), 10,
+                           "the nothing-to-restore notice")
             # Filter by chunk, then look at the rejected records.
             chunk_select = screen.query_one("#data-chunk", Select)
             some_chunk = screen.rows[0]["meta"]["chunk_id"]

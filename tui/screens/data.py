@@ -259,6 +259,12 @@ class DataScreen(ValignScreen):
         self._decide("reject")
 
     def action_restore(self) -> None:
+        row = self.current_row()
+        if row is not None and self.split != "rejected" and not row["meta"].get("edited"):
+            # after r the selection moves on to the next record: u must not "restore" one never changed
+            self.valign.notify("nothing to restore: this record was neither rejected nor edited "
+                               "(rejected records are under Split: rejected)")
+            return
         self._decide("restore")
 
     def action_edit(self) -> None:
