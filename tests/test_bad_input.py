@@ -17,7 +17,7 @@ from typing import Callable
 import pytest
 
 from conftest import (CANARY_DOC, ROOT, assert_one_line_error, cli_command, cli_env, copy_run, sigint_as_in_a_terminal,
-                      snapshot, teacher_path, valign)
+                      needs, snapshot, teacher_path, valign)
 
 ACCEPTED = "<accepted>"
 slow = pytest.mark.slow
@@ -132,7 +132,7 @@ read a visitor's borrowing history aloud or share it with anyone else.
 
 
 def gguf_unsupported_arch(ctx: Ctx) -> Path:
-    gguf = pytest.importorskip("gguf")
+    gguf = needs("gguf")
     import numpy as np
 
     path = ctx.tmp / "alien.gguf"
@@ -149,7 +149,7 @@ def gguf_unsupported_arch(ctx: Ctx) -> Path:
 def gguf_truncated(ctx: Ctx) -> Path:
     src = teacher_path()
     if src is None:
-        pytest.skip("SmolLM2 GGUF not installed")
+        pytest.fail("the SmolLM2 GGUF is not installed; run: make setup", pytrace=False)
     with open(src, "rb") as f:
         return ctx.file("truncated.gguf", f.read(3 * 2**20))
 

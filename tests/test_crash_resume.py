@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, cli_command, cli_env, copy_run, snapshot
+from conftest import ROOT, cli_command, cli_env, copy_run, snapshot, needs
 
 SEED = int(os.environ.get("VALIGN_CRASH_SEED", "7"))
 slow = pytest.mark.slow
@@ -156,7 +156,7 @@ def safetensors_equal(a: Path, b: Path) -> None:
 
 def gguf_is_complete(path: Path) -> None:
     """A GGUF whose header parses and whose every tensor lies inside the file."""
-    gguf = pytest.importorskip("gguf")
+    gguf = needs("gguf")
     reader = gguf.GGUFReader(str(path))
     size = path.stat().st_size
     for tensor in reader.tensors:

@@ -28,10 +28,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, assert_one_line_error, cli_command, cli_env, copy_run, sigint_as_in_a_terminal, valign
+from conftest import ROOT, assert_one_line_error, cli_command, cli_env, copy_run, sigint_as_in_a_terminal, valign, needs
 
-torch = pytest.importorskip("torch")
-pytest.importorskip("peft")
+torch = needs("torch")
+needs("peft")
 
 TOL = 1e-4
 ADAPTER_TOL = 2e-3

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import assert_one_line_error, valign
+from conftest import assert_one_line_error, valign, needs
 from test_documents import SECTIONS, check_spans, data_files
 from valign_edge.chunking import chunk_text
 from valign_edge.errors import UserError
@@ -21,7 +21,7 @@ def write_odt(path: Path) -> Path:
     """What LibreOffice writes for a styled document: a Title paragraph, text:h headings at outline
     levels 1 and 2, paragraphs with spans, tabs and line breaks, bullet lists (one nested), a table,
     a section, and a table of contents that repeats the headings (it must not be read)."""
-    odfdo = pytest.importorskip("odfdo")
+    odfdo = needs("odfdo")
     from odfdo import Header, LineBreak, List, Paragraph, Section, Span, Tab, Table, TOC
 
     document = odfdo.Document("text")
@@ -107,7 +107,7 @@ def test_odt_reads_like_the_same_docx(tmp_path):
     ("book.epub", lambda p: zipfile.ZipFile(p, "w").writestr("mimetype", "application/epub+zip"), "not supported"),
 ])
 def test_bad_or_unsupported_documents_are_one_line(tmp_path, name, make, message):
-    pytest.importorskip("odfdo")
+    needs("odfdo")
     path = tmp_path / name
     make(path)
     with pytest.raises(UserError, match=message) as exc:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import assert_one_line_error, valign
+from conftest import assert_one_line_error, valign, needs
 from valign_edge.chunking import chunk_text
 from valign_edge.ingest import read_document
 
@@ -23,7 +23,7 @@ SECTIONS = [
 
 
 def write_docx(path: Path) -> Path:
-    docx = pytest.importorskip("docx")
+    docx = needs("docx")
     document = docx.Document()
     document.add_heading("Larkspur Clinic Code of Conduct", 0)
     document.add_paragraph("This code applies to every member of staff and every volunteer.")
@@ -41,7 +41,7 @@ def write_docx(path: Path) -> Path:
 def write_pdf(path: Path, outline: bool = True, pages_per_section: int = 1) -> Path:
     """One section per page: the heading in an 18 pt bold font (and a bookmark), the body in 11 pt,
     wrapped over several lines so the reader has to rebuild paragraphs."""
-    fpdf = pytest.importorskip("fpdf")
+    fpdf = needs("fpdf")
     pdf = fpdf.FPDF()
     for i, (title, body) in enumerate(SECTIONS, 1):
         pdf.add_page()
@@ -122,7 +122,7 @@ def test_pdf_font_sizes_without_outline(tmp_path):
 
 
 def test_pdf_without_text_layer_is_one_line(tmp_path):
-    fpdf = pytest.importorskip("fpdf")
+    fpdf = needs("fpdf")
     pdf = fpdf.FPDF()
     pdf.add_page()
     pdf.rect(20, 20, 100, 60, style="F")  # a "scanned" page: drawing, no text

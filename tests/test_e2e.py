@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import needs
+
 ROOT = Path(__file__).resolve().parent.parent
 SHORT_DOC = """# Riverside Library Volunteer Code
 
@@ -114,7 +116,7 @@ def test_exported_gguf_answers_like_the_merged_model(quick_run):
     fed the same tokens in llama.cpp, must rank each of those tokens first or within a quantization
     margin of first (0.5), and nine in ten first or within a near tie (0.1). An empty answer from either
     side is a failure, not a match."""
-    torch = pytest.importorskip("torch")
+    torch = needs("torch")
     from llama_cpp import Llama
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer

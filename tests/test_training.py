@@ -4,8 +4,10 @@ import json
 
 import pytest
 
-torch = pytest.importorskip("torch")
-pytest.importorskip("peft")
+from conftest import needs
+
+torch = needs("torch")
+needs("peft")
 
 from valign_edge.config import RunConfig  # noqa: E402
 from valign_edge.errors import Cancelled  # noqa: E402
