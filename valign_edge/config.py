@@ -63,7 +63,8 @@ class GenerateConfig:
                                "systems and chat --rag use the same layout")
     reason_first: bool = opt(False, "stance answers give the document's reason first, then the verdict (\"You must not "
                                     "X. So no, you should not.\"), and each pair gets a twin that differs only in "
-                                    "the verdict after that reason (measured: no gain; bench/RESULTS-eval.md)")
+                                    "the verdict after that reason (measured: free verdict 0.59 -> 0.63 with "
+                                    "retrieval, inside the intervals; bench/RESULTS-eval.md)")
     valid_fraction: float = opt(0.1, "share of records held out for validation")
     test_fraction: float = opt(0.15, "share of records held out for testing")
     n_ctx: int = opt(2048, "teacher context size")
