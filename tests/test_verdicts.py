@@ -182,17 +182,24 @@ def test_balance_repeats_the_rarer_verdict_and_verdict_pairs_isolate_the_verdict
     assert all(r["prompt"] == s["prompt"] for r, s in zip(rows, short))
 
 
-def test_build_balances_only_the_training_split(tmp_path):
-    from valign_edge.datasets import build
+def _synth_run(root, pairs: list[dict], answers: list[dict] = ()) -> Run:
+    """A run holding one chunk's synth records: stance ``pairs`` and extractive ``answers``."""
     from valign_edge.workspace import append_jsonl
 
-    run = Run.open(tmp_path / "run")
+    run = Run.open(root)
+    append_jsonl(run.synth_dir / "dpo.jsonl", {"chunk_id": "c1", "span": [0, 1], "items": pairs})
+    append_jsonl(run.synth_dir / "sft.jsonl", {"chunk_id": "c1", "span": [0, 1], "items": list(answers)})
+    return run
+
+
+def test_build_balances_only_the_training_split(tmp_path):
+    from valign_edge.datasets import build
+
     items = [{"prompt": f"Can I do thing {i}?", "chosen": "No, you should not. Reason.",
               "rejected": "Yes, you can. Excuse.", "document_says": "no"} for i in range(30)]
     items += [{"prompt": f"May I do other thing {i}?", "chosen": "Yes, you may. Reason.",
                "rejected": "No, you may not. Excuse.", "document_says": "yes"} for i in range(10)]
-    append_jsonl(run.synth_dir / "dpo.jsonl", {"chunk_id": "c1", "span": [0, 1], "items": items})
-    append_jsonl(run.synth_dir / "sft.jsonl", {"chunk_id": "c1", "span": [0, 1], "items": []})
+    run = _synth_run(tmp_path / "run", items)
     build(run, ["c1"], 0.1, 0.15, 0, balance=True, verdict_pairs=True)
     train = [json.loads(x) for x in run.split_path("dpo", "train").read_text().splitlines()]
     said = [r["meta"]["verdict"] for r in train]
@@ -223,16 +230,12 @@ def test_answer_verdict_reads_a_conclusion_after_the_reason(text, verdict):
 
 def test_reason_first_puts_the_verdict_after_the_reason_and_twins_each_pair(tmp_path):
     from valign_edge.datasets import build
-    from valign_edge.workspace import append_jsonl
 
-    run = Run.open(tmp_path / "run")
     items = [{"prompt": f"Can I do thing {i}?", "chosen": "No, you should not. You must never do thing.",
               "rejected": "Yes, you can. It saves time.", "document_says": "no"} for i in range(20)]
     items += [{"prompt": f"Can I refuse {i}?", "chosen": "Yes, you can. Patients may refuse.",
                "rejected": "No.", "document_says": "yes"} for i in range(20)]
-    append_jsonl(run.synth_dir / "dpo.jsonl", {"chunk_id": "c1", "span": [0, 1], "items": items})
-    append_jsonl(run.synth_dir / "sft.jsonl", {"chunk_id": "c1", "span": [0, 1],
-                                               "items": [{"question": "What is it?", "answer": "A thing."}]})
+    run = _synth_run(tmp_path / "run", items, [{"question": "What is it?", "answer": "A thing."}])
     build(run, ["c1"], 0.1, 0.15, 0, reason_before_verdict=True)
     for name in ("train", "valid", "test"):
         dpo = [json.loads(x) for x in run.split_path("dpo", name).read_text().splitlines()]

@@ -64,9 +64,8 @@ def _all_text(chunks: object) -> bool:
 def _export_index(folder: Path):
     import json
 
-    from .retrieval import make_index
-
     from .files import JSONL_LIMIT, read_regular
+    from .retrieval import make_index
 
     path = folder / RETRIEVAL_FILE
     if not path.exists():

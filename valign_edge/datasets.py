@@ -79,10 +79,16 @@ def verdict_rows(rows: list[dict]) -> list[dict]:
     return out
 
 
+def _verdict_and_reason(answer: str) -> tuple[str, str]:
+    """``"No, you should not. You must not X."`` -> ``("No, you should not.", "You must not X.")``"""
+    verdict = _first_sentence(answer)
+    return verdict, answer.strip()[len(verdict):].strip()
+
+
 def _reason_then_verdict(answer: str, fallback_reason: str = "") -> str:
     """``"No, you should not. You must not X."`` -> ``"You must not X. So no, you should not."``"""
-    verdict = _first_sentence(answer)
-    reason = answer.strip()[len(verdict):].strip() or fallback_reason
+    verdict, reason = _verdict_and_reason(answer)
+    reason = reason or fallback_reason
     if not verdict or not reason:
         return answer
     return f"{reason} So {verdict[0].lower()}{verdict[1:]}"
@@ -101,10 +107,10 @@ def reason_first(kind: str, rows: list[dict]) -> list[dict]:
             user, answer = row["messages"][0], row["messages"][-1]["content"]
             out.append({**row, "messages": [user, {"role": "assistant", "content": _reason_then_verdict(answer)}]})
         else:
-            reason = row["chosen"].strip()[len(_first_sentence(row["chosen"])):].strip()
+            reason = _verdict_and_reason(row["chosen"])[1]
             chosen = _reason_then_verdict(row["chosen"])
             out.append({**row, "chosen": chosen, "rejected": _reason_then_verdict(row["rejected"], reason)})
-            flipped = _reason_then_verdict(_first_sentence(row["rejected"]), reason)
+            flipped = _reason_then_verdict(_verdict_and_reason(row["rejected"])[0], reason)
             if reason and flipped != chosen:
                 out.append({"prompt": row["prompt"], "chosen": chosen, "rejected": flipped,
                             "meta": {**row["meta"], "id": row["meta"]["id"] + "-after-reason", "kind": "verdict"}})

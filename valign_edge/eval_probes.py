@@ -125,8 +125,6 @@ def parse_rows(text: str, label: str) -> tuple[list[tuple[int, dict]], list[str]
 def load_probe(path: str | Path, shipped: bool = False) -> Probe:
     """Read and check a probe file; every problem is a ``UserError`` (one line per bad row)."""
     path = Path(path).expanduser()
-    if not path.exists():
-        raise UserError(f"probe file not found: {path}")
     if path.is_dir():
         raise UserError(f"probe {path} is a folder; give a JSONL file")
     data = read_regular(path, "probe file", PROBE_LIMIT)  # a FIFO or a device is refused, not read

@@ -42,13 +42,17 @@ def read_regular(path: Path, what: str, limit: int) -> bytes:
         kind = "a FIFO" if stat.S_ISFIFO(mode) else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) \
             else "a socket" if stat.S_ISSOCK(mode) else "not a regular file"
         raise UserError(f"{what} {path} is {kind}; give a regular file")
+    size = os.fstat(fd).st_size  # checked before reading: a huge file is refused without reading it
+    if size > limit:
+        os.close(fd)
+        raise UserError(f"{what} {path} is {size / MB:.0f} MB; the limit is {limit / MB:.0f} MB")
     with os.fdopen(fd, "rb") as f:
         try:
             data = f.read(limit + 1)
         except OSError as exc:
             raise UserError(f"cannot read {what} {path}: {exc.strerror.lower()}") from None
     if len(data) > limit:
-        raise UserError(f"{what} {path} is larger than the {limit / MB:.0f} MB limit")
+        raise UserError(f"{what} {path} grew past {limit / MB:.0f} MB while read; the limit is {limit / MB:.0f} MB")
     return data
 
 

@@ -131,10 +131,7 @@ def read_document(path: str | Path) -> Document:
     suffix = path.suffix.lower()
     if suffix in {".doc", ".rtf", ".pages", ".epub"}:
         raise UserError(f"{path}: {suffix} is not supported; save it as .docx, .odt, .pdf, .txt, .md or .html")
-    size = path.stat().st_size
-    if size > MAX_BYTES:
-        raise UserError(f"{path} is {size / 2**20:.0f} MB; the limit is {MAX_BYTES // 2**20} MB")
-    data = read_regular(path, "document", MAX_BYTES)  # a FIFO or a device is refused, not read
+    data = read_regular(path, "document", MAX_BYTES)  # a FIFO, a device or a file over the limit is refused
     if not data.strip():
         raise UserError(f"{path} is empty")
     pages: list[tuple[int, int]] = []

@@ -91,7 +91,7 @@ def _drop_temporaries(run) -> None:
                 (run.root / rel).unlink()
 
 
-def open_session(run, before: dict) -> None:
+def open_session(run) -> None:
     """Start noting what this process writes in ``run`` (``files.note_written``)."""
     from .files import start_journal
 
@@ -113,7 +113,7 @@ def begin(run) -> None:
     _fold(run)
     _drop_temporaries(run)
     close_session(run)
-    open_session(run, {})
+    open_session(run)
 
 
 def end(run) -> None:

@@ -176,7 +176,7 @@ class Run:
                                            "created": time.time(), "stages": {}, "files": ["manifest.json"]})
             from . import owned
 
-            owned.open_session(run, {})  # what is written before the first lock is listed as ours
+            owned.open_session(run)  # what is written before the first lock is listed as ours
         except PermissionError:
             raise UserError(f"cannot write to {root}: permission denied") from None
         except OSError as exc:
