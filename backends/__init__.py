@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
-from ..config import CHOICES
-from ..errors import UserError
-from ..events import Callback
+from valign_edge.config import CHOICES
+from valign_edge.errors import UserError
+from valign_edge.events import Callback
 
 
 class Teacher(Protocol):
@@ -31,7 +31,7 @@ class Teacher(Protocol):
 class Trainer(Protocol):
     """A training backend: exactly what ``valign train``, ``valign export`` and their tests use.
 
-    Both stages share one plan (``valign_edge.trainplan``): the same rows, token sequences, batches
+    Both stages share one plan (``valign_edge.training.plan``): the same rows, token sequences, batches
     and stage key on either backend; a trainer only runs the steps and writes the adapter.
     """
 

@@ -15,10 +15,10 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from ..errors import UserError
-from ..events import Callback, log, null_callback
-from ..models import CACHE_DIR, ModelRef, model_id
-from ..workspace import require_free_disk
+from valign_edge.errors import UserError
+from valign_edge.events import Callback, log, null_callback
+from valign_edge.models import CACHE_DIR, ModelRef, model_id
+from valign_edge.runs.workspace import require_free_disk
 
 
 def quiet_transformers() -> None:
@@ -115,7 +115,7 @@ def chat_template(hf_dir: Path) -> str | None:
 
 def student_dir(cfg, emit: Callback = null_callback) -> Path:
     """The HF folder of a run's student (``cfg.student``: preset, GGUF or folder)."""
-    from ..models import resolve
+    from valign_edge.models import resolve
 
     return student_hf_dir(resolve(cfg.student, "student"), emit)
 
@@ -124,7 +124,7 @@ def load_tokenizer(path: Path):
     """The student's tokenizer, with a chat template and a pad token whatever the model shipped."""
     from transformers import AutoTokenizer
 
-    from ..batching import ensure_chat_template
+    from valign_edge.training.batching import ensure_chat_template
 
     tok = AutoTokenizer.from_pretrained(str(path))
     ensure_chat_template(tok)

@@ -16,10 +16,10 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Iterator
 
-from ..cpu import auto_threads
-from ..errors import UserError
-from ..models import check_gguf
-from ..repetition import cut_loop, loop_end
+from valign_edge.cpu import auto_threads
+from valign_edge.errors import UserError
+from valign_edge.models import check_gguf
+from valign_edge.repetition import cut_loop, loop_end
 
 DECODING = {"temperature": 0.0, "top_k": 1, "repeat_penalty": 1.1}  # evaluation and `valign chat`
 N_CTX = 2048
@@ -138,7 +138,7 @@ class LlamaTeacher:
                  seed: int = 0):
         self.path = Path(path)
         self.llm = load_llama(path, n_ctx=n_ctx, n_threads=n_threads, n_threads_batch=n_threads_batch, seed=seed)
-        from . import llama_grammar
+        from valign_edge.backends import llama_grammar
 
         llama_grammar.install(self.llm)  # the same picks, the grammar asked about the likeliest tokens first
         self.n_ctx = n_ctx
@@ -251,7 +251,7 @@ class Runtime:
         self.reused_tokens = self.evaluated_tokens = 0
         self.llm = load_llama(model, n_ctx=n_ctx, lora_path=lora, seed=seed, logits_all=logits,
                               n_threads=threads[0], n_threads_batch=threads[1])
-        from ..batching import FALLBACK_CHAT_TEMPLATE, FALLBACK_STOP, is_fallback_template
+        from valign_edge.training.batching import FALLBACK_CHAT_TEMPLATE, FALLBACK_STOP, is_fallback_template
 
         # base students: the template training used (llama.cpp would guess another)
         template = self.llm.metadata.get("tokenizer.chat_template") or FALLBACK_CHAT_TEMPLATE

@@ -11,9 +11,9 @@ import subprocess
 import time
 from pathlib import Path
 
-from ..errors import UserError
-from ..files import note_written
-from ..models import CACHE_DIR
+from valign_edge.errors import UserError
+from valign_edge.files import note_written
+from valign_edge.models import CACHE_DIR
 
 VERSION = "0.3.36"  # llama-cpp-python's, as in scripts/setup.sh
 SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "llama_server.sh"

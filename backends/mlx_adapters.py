@@ -8,7 +8,7 @@ import os
 import shutil
 from pathlib import Path
 
-from ..files import note_tree
+from valign_edge.files import note_tree
 
 ADAPTER_FILE = "adapters.safetensors"
 

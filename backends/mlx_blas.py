@@ -78,7 +78,7 @@ def _cpu_id() -> str:
 
 
 def _cache_dir() -> Path:
-    from ..models import CACHE_DIR
+    from valign_edge.models import CACHE_DIR
 
     return CACHE_DIR / "mlx-blas"
 

@@ -6,7 +6,7 @@ the update over the model's, the optimizer's and the random state), with our los
 (no swapping out of mlx-lm's progress display). What we add, mirroring the torch backend so both see
 the same sequences, batches, learning rates and clipping:
 
-- the stage plan from ``valign_edge.trainplan`` (rows, prompt masks, length-bucketed batches,
+- the stage plan from ``valign_edge.training.plan`` (rows, prompt masks, length-bucketed batches,
   key), padded to a multiple of ``PAD_MULTIPLE`` so the compiled step is traced for few shapes;
 - AdamW with bias correction and gradient clipping at 1.0 (as torch), the warm-up + cosine
   rate set before each step;
@@ -31,17 +31,18 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from .. import batching, trainplan
-from ..config import RunConfig
-from ..errors import Cancelled, UserError
-from ..events import Callback, Event, Progress, log
-from ..files import note_written
-from ..trainplan import StagePlan
-from ..workspace import Run, atomic_write_text, peak_rss_mb
-from . import mlx_blas
-from .hf import load_tokenizer, model_config_overrides, student_dir
-from .mlx_batches import PAD_MULTIPLE, reply_batch, target_logps
-from .mlx_adapters import ADAPTER_FILE, load_checkpoint, save_checkpoint, write_adapter
+from valign_edge.backends import mlx_blas
+from valign_edge.backends.hf import load_tokenizer, model_config_overrides, student_dir
+from valign_edge.backends.mlx_adapters import ADAPTER_FILE, load_checkpoint, save_checkpoint, write_adapter
+from valign_edge.backends.mlx_batches import PAD_MULTIPLE, reply_batch, target_logps
+from valign_edge.config import RunConfig
+from valign_edge.errors import Cancelled, UserError
+from valign_edge.events import Callback, Event, Progress, log
+from valign_edge.files import atomic_write_text, note_written
+from valign_edge.runs.workspace import Run, peak_rss_mb
+from valign_edge.training import batching
+from valign_edge.training import plan as trainplan
+from valign_edge.training.plan import StagePlan
 
 __all__ = ["MLXTrainer", "model_config_overrides"]
 
@@ -84,7 +85,7 @@ class MLXTrainer:
             import mlx_lm  # noqa: F401
         except ImportError:
             raise UserError("the mlx backend is not installed; run: pip install 'valign-edge[mlx]'") from None
-        from .hf import quiet_transformers
+        from valign_edge.backends.hf import quiet_transformers
 
         quiet_transformers()
         if device == "cpu":

@@ -24,7 +24,7 @@ import time
 import urllib.parse
 from dataclasses import dataclass
 
-from ..errors import UserError
+from valign_edge.errors import UserError
 
 REMOTE_ALLOWED = False  # set by the CLI's --allow-remote (and the TUI's equivalent), per process
 TIMEOUT_S = 600.0

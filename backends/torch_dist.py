@@ -45,7 +45,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any, Iterator
 
-from ..errors import Cancelled, UserError
+from valign_edge.errors import Cancelled, UserError
 
 # Followers wait for rank 0's next command while it loads the student; a dead peer closes its sockets,
 # which fails a collective at once, so a long timeout does not hide crashes.
@@ -333,9 +333,9 @@ def _watch_parent() -> None:
 
 def follow() -> int:
     """A follower's life: join the group, run each stage rank 0 names, exit when told to."""
-    from ..config import RunConfig, apply_mapping
-    from ..events import null_callback
-    from ..workspace import Run
+    from valign_edge.config import RunConfig, apply_mapping
+    from valign_edge.events import null_callback
+    from valign_edge.runs.workspace import Run
 
     _watch_parent()
     rank = _env_int("RANK", 1)
@@ -350,7 +350,7 @@ def follow() -> int:
             cfg = RunConfig()
             apply_mapping(cfg, command["cfg"])
             group.fsdp = bool(cfg.train.fsdp)
-            from . import trainer_class  # the registry (torch_trainer imports this module)
+            from valign_edge.backends import trainer_class  # the registry (torch_trainer imports this module)
 
             trainer, run = trainer_class("torch")(cfg, command["device"], group), Run(Path(command["run"]))
             with contextlib.suppress(Cancelled):  # rank 0 cancelled too; it says what comes next

@@ -13,15 +13,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .. import batching, trainplan
-from ..config import RunConfig
-from ..errors import Cancelled, UserError
-from ..events import Callback, Event, Progress, log
-from ..files import note_tree, note_written
-from ..trainplan import StagePlan
-from ..workspace import Run, atomic_write_text, peak_rss_mb
-from .hf import load_tokenizer, student_dir
-from .torch_dist import Group
+from valign_edge.backends.hf import load_tokenizer, student_dir
+from valign_edge.backends.torch_dist import Group
+from valign_edge.config import RunConfig
+from valign_edge.errors import Cancelled, UserError
+from valign_edge.events import Callback, Event, Progress, log
+from valign_edge.files import atomic_write_text, note_tree, note_written
+from valign_edge.runs.workspace import Run, peak_rss_mb
+from valign_edge.training import batching
+from valign_edge.training import plan as trainplan
+from valign_edge.training.plan import StagePlan
 
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -52,14 +53,14 @@ class TorchTrainer:
         import torch
 
         warnings.filterwarnings("ignore", category=FutureWarning)
-        from .hf import quiet_transformers
+        from valign_edge.backends.hf import quiet_transformers
 
         quiet_transformers()
 
         self.cfg, self.device, self.group = cfg, device, group or Group()
         tc = cfg.train
         if device == "cpu":  # the cores shared by this machine's training processes
-            from ..cpu import compute_threads
+            from valign_edge.cpu import compute_threads
 
             torch.set_num_threads(tc.threads or max(1, compute_threads() // self.group.local_world))
         self.precision = precision_for(tc.precision, device)

@@ -16,8 +16,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from valign_edge import filters  # noqa: E402
-from valign_edge.workspace import read_jsonl  # noqa: E402
+from valign_edge.files import read_jsonl  # noqa: E402
+from valign_edge.generation import filters  # noqa: E402
 
 
 def report(root: Path) -> dict:

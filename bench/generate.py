@@ -29,14 +29,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from valign_edge import filters  # noqa: E402
 from valign_edge.backends.llama_cpp import LlamaTeacher, quiet_native  # noqa: E402
-from valign_edge.chunking import chunk_text  # noqa: E402
 from valign_edge.config import GenerateConfig  # noqa: E402
-from valign_edge.ingest import read_document  # noqa: E402
+from valign_edge.documents.chunking import chunk_text  # noqa: E402
+from valign_edge.documents.ingest import read_document  # noqa: E402
+from valign_edge.generation import filters  # noqa: E402
+from valign_edge.generation.synth import synthesize  # noqa: E402
+from valign_edge.generation.teacher_io import messages  # noqa: E402
 from valign_edge.models import resolve  # noqa: E402
-from valign_edge.synth import messages, synthesize  # noqa: E402
-from valign_edge.workspace import Run  # noqa: E402
+from valign_edge.runs.workspace import Run  # noqa: E402
 
 
 def perf(llm) -> tuple[int, float]:
@@ -114,7 +115,7 @@ def engines(chunks, cfg: GenerateConfig, threads: int, model: Path) -> dict:
 
     from valign_edge.backends.llama_server import LlamaServer, binary
     from valign_edge.backends.openai_teacher import OpenAITeacher
-    from valign_edge.workspace import read_jsonl
+    from valign_edge.files import read_jsonl
 
     binary()  # built before any clock starts
 
@@ -189,7 +190,7 @@ def main() -> None:
         t0 = time.perf_counter()
         counts = synthesize(run, chunks, teacher, cfg, 0, "bench", lambda e: None)
         ours_s = time.perf_counter() - t0
-        from valign_edge.workspace import read_jsonl
+        from valign_edge.files import read_jsonl
 
         sft = [i for r in read_jsonl(run.synth_dir / "sft.jsonl") for i in r["items"]]
         dpo = [i for r in read_jsonl(run.synth_dir / "dpo.jsonl") for i in r["items"]]

@@ -18,16 +18,19 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from valign_edge import metrics  # noqa: E402
 from valign_edge.config import resolve  # noqa: E402
 from valign_edge.cpu import auto_threads  # noqa: E402
-from valign_edge.eval_answers import preference_scores  # noqa: E402
-from valign_edge.eval_probes import load_probe  # noqa: E402
-from valign_edge.eval_systems import Context, Retriever, find_systems, system_keys  # noqa: E402
-from valign_edge.eval_answers import generate_answers  # noqa: E402
-from valign_edge.eval_verdicts import forced_verdicts, verdict_section  # noqa: E402
+from valign_edge.evaluation import metrics  # noqa: E402
+from valign_edge.evaluation.answers import (
+    generate_answers,  # noqa: E402
+    preference_scores,  # noqa: E402
+)
+from valign_edge.evaluation.probes import load_probe  # noqa: E402
+from valign_edge.evaluation.systems import Context, Retriever, find_systems, system_keys  # noqa: E402
+from valign_edge.evaluation.verdicts import forced_verdicts, verdict_section  # noqa: E402
 from valign_edge.events import null_callback  # noqa: E402
-from valign_edge.workspace import Run, read_jsonl  # noqa: E402
+from valign_edge.files import read_jsonl  # noqa: E402
+from valign_edge.runs.workspace import Run
 
 
 def main() -> int:

@@ -17,10 +17,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from valign_edge.chunking import chunk_text  # noqa: E402
-from valign_edge.eval_probes import load_probe  # noqa: E402
-from valign_edge.ingest import read_document  # noqa: E402
-from valign_edge.retrieval import KINDS, Encoder, make_index  # noqa: E402
+from valign_edge.documents.chunking import chunk_text  # noqa: E402
+from valign_edge.documents.ingest import read_document  # noqa: E402
+from valign_edge.documents.retrieval import KINDS, Encoder, make_index  # noqa: E402
+from valign_edge.evaluation.probes import load_probe  # noqa: E402
 
 
 def _norm(heading: str) -> str:

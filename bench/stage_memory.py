@@ -19,9 +19,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from conftest import copy_run  # noqa: E402
+
 from valign_edge.backends import choose_backend, load_trainer  # noqa: E402
 from valign_edge.config import parse_set, resolve, set_value  # noqa: E402
-from valign_edge.workspace import Run  # noqa: E402
+from valign_edge.runs.workspace import Run  # noqa: E402
 
 
 def rss_mb() -> int:

@@ -44,7 +44,8 @@ def ours(stage: str, run_dir: Path, steps: int, micro_batch_tokens: int | None =
 
     from valign_edge.backends.torch_trainer import TorchTrainer
     from valign_edge.config import RunConfig
-    from valign_edge.workspace import Run, write_jsonl
+    from valign_edge.files import write_jsonl
+    from valign_edge.runs.workspace import Run
 
     with tempfile.TemporaryDirectory() as tmp:
         run = Run.open(Path(tmp) / "run")

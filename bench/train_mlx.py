@@ -87,9 +87,9 @@ def plan_tokens(stage: str, rows: dict, steps: int, seed: int = 0) -> list[int]:
     """Non-padding tokens of each step's batch: both backends use the same plan."""
     from transformers import AutoTokenizer
 
-    from valign_edge import batching
     from valign_edge.backends.hf import student_hf_dir
     from valign_edge.models import resolve
+    from valign_edge.training import batching
 
     tok = AutoTokenizer.from_pretrained(str(student_hf_dir(resolve("smollm2-135m-instruct"))))
     if stage == "sft":
@@ -126,7 +126,8 @@ class Clock:
 
 
 def ours(backend: str, stage: str, rows: dict, steps: int) -> dict:
-    from valign_edge.workspace import Run, write_jsonl
+    from valign_edge.files import write_jsonl
+    from valign_edge.runs.workspace import Run
 
     cfg = config(steps, backend)
     if backend == "mlx":
@@ -173,10 +174,9 @@ def mlx_lm_reference(rows: dict, steps: int) -> dict:
     from mlx_lm.utils import load_model, load_tokenizer
     from transformers import AutoTokenizer
 
-    from valign_edge import batching
-    from valign_edge.backends.hf import student_hf_dir
-    from valign_edge.backends.mlx_trainer import model_config_overrides
+    from valign_edge.backends.hf import model_config_overrides, student_hf_dir
     from valign_edge.models import resolve
+    from valign_edge.training import batching
 
     base = student_hf_dir(resolve("smollm2-135m-instruct"))
     model, _ = load_model(base, model_config=model_config_overrides(json.loads((base / "config.json").read_text())))

@@ -15,9 +15,19 @@ from pathlib import Path
 from typing import Callable
 
 import pytest
-
-from conftest import (CANARY_DOC, ROOT, assert_one_line_error, cli_command, cli_env, copy_run, sigint_as_in_a_terminal,
-                      needs, snapshot, teacher_path, valign)
+from conftest import (
+    CANARY_DOC,
+    ROOT,
+    assert_one_line_error,
+    cli_command,
+    cli_env,
+    copy_run,
+    needs,
+    sigint_as_in_a_terminal,
+    snapshot,
+    teacher_path,
+    valign,
+)
 
 ACCEPTED = "<accepted>"
 slow = pytest.mark.slow
@@ -32,8 +42,8 @@ if _free is not None:
     shutil.disk_usage = lambda path: _usage(10**12, 10**12 - int(_free), int(_free))
 _memory = os.environ.get("VALIGN_FAKE_AVAILABLE_MEMORY")
 if _memory is not None:
-    import valign_edge.workspace
-    valign_edge.workspace.available_memory_bytes = lambda: int(_memory)
+    import valign_edge.runs.workspace
+    valign_edge.runs.workspace.available_memory_bytes = lambda: int(_memory)
 '''
 
 
@@ -322,7 +332,7 @@ def decoded_mixed(ctx: Ctx, proc) -> None:
 
 
 def data_is_about_the_document(ctx: Ctx, proc) -> None:
-    from valign_edge.filters import grounding
+    from valign_edge.generation.filters import grounding
 
     document = (ctx.new / "document.txt").read_text(encoding="utf-8")
     flat = re.sub(r"\s+", " ", document)

@@ -7,8 +7,8 @@ import json
 import shutil
 
 import pytest
-
 from conftest import copy_run, valign
+
 from valign_edge.repetition import cut_loop, loop_end
 
 
@@ -56,7 +56,7 @@ def base_student_run(finished_run, tiny_student, tmp_path_factory):
 def test_base_student_baseline_gets_the_aligned_template(base_student_run):
     """Before the fix the baseline GGUF had no template: llama.cpp formatted vanilla prompts as Llama-2
     while the aligned GGUF used the training template, and `chat --vanilla` answered nothing."""
-    from valign_edge.batching import FALLBACK_CHAT_TEMPLATE
+    from valign_edge.training.batching import FALLBACK_CHAT_TEMPLATE
 
     export = base_student_run / "export"
     assert _metadata_template(export / "model-q8_0.gguf") == FALLBACK_CHAT_TEMPLATE
@@ -80,7 +80,7 @@ def test_base_model_answers_under_the_training_template_and_stops_looping():
     (llama-cpp-python's guess) it answered nothing; under the training template without <bos> it
     answered "\\nAnswer:" or "\\n?" to the token limit. Now: <bos>, the template, a stop at the next
     "Question:", and a loop ends at its third copy (without the stop it runs to the limit)."""
-    from valign_edge.runtime import Runtime
+    from valign_edge.backends.llama_cpp import Runtime
 
     runtime = Runtime(_gemma_base(), threads=(1, 1), n_ctx=512)
     try:

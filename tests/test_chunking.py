@@ -1,8 +1,8 @@
 import re
 from pathlib import Path
 
-from valign_edge.chunking import approx_tokens, chunk_text
-from valign_edge.ingest import read_document
+from valign_edge.documents.chunking import approx_tokens, chunk_text
+from valign_edge.documents.ingest import read_document
 
 DATA = Path(__file__).resolve().parent.parent / "valign_edge" / "data"
 SAMPLE = DATA / "code_of_conduct.md"

@@ -67,8 +67,8 @@ def test_every_field_has_help():
 
 
 def test_saved_student_changes_only_once_training_checked_it(tmp_path):
-    from valign_edge.generate import save_config
-    from valign_edge.workspace import Run
+    from valign_edge.generation.generate import save_config
+    from valign_edge.runs.workspace import Run
 
     run = Run.open(tmp_path / "run")
     save_config(run, RunConfig(student="good-student"))

@@ -10,9 +10,9 @@ import re
 from pathlib import Path
 
 import pytest
+from conftest import needs, valign
 
-from conftest import valign, needs
-from valign_edge.ingest import read_document
+from valign_edge.documents.ingest import read_document
 
 CONTROL = ["<|im_start|>", "<|im_end|>", "<|endoftext|>", "[INST]", "[/INST]", "<s>", "</s>", "<filename>",
            "<start_of_turn>"]
@@ -68,7 +68,7 @@ def test_normalized_document_has_no_control_strings(tmp_path):
 
 def test_control_strings_through_generation_training_and_chat(tmp_path, teacher_gguf):
     from valign_edge.backends.llama_cpp import load_llama
-    from valign_edge.synth import messages
+    from valign_edge.generation.teacher_io import messages
 
     doc = tmp_path / "ferry.md"
     doc.write_text(DOC, encoding="utf-8")
@@ -97,9 +97,9 @@ def test_control_strings_through_generation_training_and_chat(tmp_path, teacher_
 
     # The training data, encoded as the trainers encode it with the student's tokenizer.
     needs("transformers")
-    from valign_edge import batching
     from valign_edge.backends.hf import load_tokenizer, student_hf_dir
     from valign_edge.models import resolve
+    from valign_edge.training import batching
 
     tok = load_tokenizer(student_hf_dir(resolve("smollm2-135m-instruct")))
     hf_special = set(tok.all_special_ids) | {i for i, t in tok.added_tokens_decoder.items() if t.special}
@@ -122,8 +122,8 @@ def test_control_strings_through_generation_training_and_chat(tmp_path, teacher_
     assert not re.search(r"<\|(im_start|im_end|endoftext)\|>|<s>|\[INST\]", texts)
 
     # Chat with RAG over the run: the retrieved passages are the run's chunks.
-    from valign_edge.retrieval import ChunkIndex, rag_messages
-    from valign_edge.workspace import Run
+    from valign_edge.documents.retrieval import ChunkIndex, rag_messages
+    from valign_edge.runs.workspace import Run
 
     index = ChunkIndex.for_run(Run.open(run, create=False))
     for q in ("What must crew members check before departure?", "How should crew treat passengers?"):

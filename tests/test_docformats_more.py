@@ -9,12 +9,12 @@ import zipfile
 from pathlib import Path
 
 import pytest
-
-from conftest import assert_one_line_error, valign, needs
+from conftest import assert_one_line_error, needs, valign
 from test_documents import SECTIONS, check_spans, data_files
-from valign_edge.chunking import chunk_text
+
+from valign_edge.documents.chunking import chunk_text
+from valign_edge.documents.ingest import read_document
 from valign_edge.errors import UserError
-from valign_edge.ingest import read_document
 
 
 def write_odt(path: Path) -> Path:
@@ -22,7 +22,7 @@ def write_odt(path: Path) -> Path:
     levels 1 and 2, paragraphs with spans, tabs and line breaks, bullet lists (one nested), a table,
     a section, and a table of contents that repeats the headings (it must not be read)."""
     odfdo = needs("odfdo")
-    from odfdo import Header, LineBreak, List, Paragraph, Section, Span, Tab, Table, TOC
+    from odfdo import TOC, Header, LineBreak, List, Paragraph, Section, Span, Tab, Table
 
     document = odfdo.Document("text")
     body = document.body
@@ -83,9 +83,9 @@ def test_odt_headings_lists_tables_and_sections(tmp_path):
 
 def test_odt_reads_like_the_same_docx(tmp_path):
     """The same headings and paragraphs written as DOCX and as ODT give the same text."""
-    from test_documents import write_docx
     import odfdo
     from odfdo import Header, List, Paragraph
+    from test_documents import write_docx
 
     document = odfdo.Document("text")
     document.body.clear()

@@ -7,10 +7,10 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import assert_one_line_error, needs, valign
 
-from conftest import assert_one_line_error, valign, needs
-from valign_edge.chunking import chunk_text
-from valign_edge.ingest import read_document
+from valign_edge.documents.chunking import chunk_text
+from valign_edge.documents.ingest import read_document
 
 SECTIONS = [
     ("Respect for patients", "Members must treat every patient of the Larkspur clinic with respect and patience. "

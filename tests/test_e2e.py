@@ -11,7 +11,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import needs
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -123,8 +122,8 @@ def test_exported_gguf_answers_like_the_merged_model(quick_run):
 
     from valign_edge import config
     from valign_edge.backends.hf import student_hf_dir
-    from valign_edge.batching import ensure_chat_template, prompt_ids
     from valign_edge.models import resolve
+    from valign_edge.training.batching import ensure_chat_template, prompt_ids
 
     out, _ = quick_run
     cfg = config.resolve(saved=out / "config.toml")

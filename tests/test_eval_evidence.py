@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import pytest
 
-from valign_edge.eval_evidence import MIN_N, assess_cell, small_sample_advice
-from valign_edge.eval_markdown import render_markdown
-from valign_edge.eval_report import COLUMN_LABELS, COLUMNS, metric_section
-from valign_edge import judge as judging
+from valign_edge.evaluation import judge as judging
+from valign_edge.evaluation.evidence import MIN_N, assess_cell, small_sample_advice
+from valign_edge.evaluation.markdown import render_markdown
+from valign_edge.evaluation.report import COLUMN_LABELS, COLUMNS, metric_section
 
 
 def _pair(correct: bool) -> dict:

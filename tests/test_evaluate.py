@@ -12,13 +12,14 @@ import shutil
 from pathlib import Path
 
 import pytest
+from conftest import ROOT, assert_one_line_error, cli_env, copy_run, needs, valign
 
-from conftest import ROOT, assert_one_line_error, cli_env, copy_run, valign, needs
-from valign_edge import judge as judging
 from valign_edge.config import RunConfig
 from valign_edge.errors import UserError
+from valign_edge.evaluation import judge as judging
 from valign_edge.events import null_callback
-from valign_edge.workspace import Run, write_jsonl
+from valign_edge.files import write_jsonl
+from valign_edge.runs.workspace import Run
 
 SYSTEMS = ["vanilla", "rag", "sft", "dpo", "dpo_rag"]
 
@@ -87,7 +88,7 @@ def _dpo(q, c, r, i):
 
 
 def test_cached_jsonl_test_set_interleaves_and_limits(tmp_path):
-    from valign_edge.evaluate import load_test_set
+    from valign_edge.evaluation.testset import load_test_set
 
     run = Run.open(tmp_path / "run")
     rows = [_sft(f"Question {i}?", f"Answer {i}.", i) for i in range(3)] + \
@@ -115,7 +116,7 @@ def test_cached_jsonl_test_set_interleaves_and_limits(tmp_path):
 
 
 def _fake_report(run_dir: str, shift: float = 0.0) -> dict:
-    from valign_edge.evaluate import COLUMN_LABELS, COLUMNS
+    from valign_edge.evaluation.report import COLUMN_LABELS, COLUMNS
 
     table, intervals = [], {}
     for i, name in enumerate(SYSTEMS):
@@ -138,7 +139,8 @@ def _fake_report(run_dir: str, shift: float = 0.0) -> dict:
 
 
 def test_markdown_plots_and_compare(tmp_path):
-    from valign_edge.evaluate import compare, render_markdown, write_plots
+    from valign_edge.evaluation.markdown import compare, render_markdown
+    from valign_edge.evaluation.plots import write_plots
 
     report = _fake_report("runs/a")
     md = render_markdown(report)
@@ -186,7 +188,7 @@ def test_compare_without_report(tmp_path):
 # --- the llama.cpp runtime's log-likelihoods --------------------------------------------------------
 
 def test_reply_logprobs_with_prefix_reuse(teacher_gguf):
-    from valign_edge.runtime import Runtime
+    from valign_edge.backends.llama_cpp import Runtime
 
     def msgs(answer: str) -> list[dict]:
         return [{"role": "user", "content": f"Question: What is the capital of France?\n\nAnswer A: {answer}"}]
@@ -232,7 +234,7 @@ def quick_real_run(tmp_path_factory, teacher_gguf) -> Path:
 
 
 def test_eval_end_to_end_real_model(quick_real_run):
-    from valign_edge.evaluate import COLUMNS
+    from valign_edge.evaluation.report import COLUMNS
 
     run = quick_real_run
     # The run's document is the shipped sample: without eval.probe=none its shipped probe would be evaluated
@@ -305,7 +307,7 @@ def test_eval_on_another_document(quick_real_run, tmp_path):
 
 
 def test_run_test_set_splits(tmp_path):
-    from valign_edge.evaluate import load_test_set
+    from valign_edge.evaluation.testset import load_test_set
 
     run = Run.open(tmp_path / "run")
     for split, n in (("test", 2), ("valid", 1), ("train", 5)):

@@ -1,5 +1,5 @@
-from valign_edge import filters
-from valign_edge.negate import contradict
+from valign_edge.generation import filters
+from valign_edge.generation.negate import contradict
 
 
 def test_duplicate_questions_are_caught_across_wording():

@@ -10,8 +10,7 @@ from __future__ import annotations
 import json
 
 import pytest
-
-from conftest import CANARY_DOC, RUN_FLAGS, valign, needs
+from conftest import CANARY_DOC, RUN_FLAGS, needs, valign
 
 pytestmark = pytest.mark.gpu
 torch = needs("torch")
@@ -71,8 +70,9 @@ def test_interrupted_cuda_training_resumes_from_the_checkpoint(tmp_path, tiny_st
 
 
 def test_cuda_merge_converts_and_llama_cpp_reproduces_the_model(tmp_path, tiny_student):
-    from valign_edge.batching import prompt_ids
-    from valign_edge.export import agreement, gguf_greedy, run_converter
+    from valign_edge.backends.llama_cpp import greedy_tokens as gguf_greedy
+    from valign_edge.export import agreement, run_converter
+    from valign_edge.training.batching import prompt_ids
 
     run, cfg = make_run(tmp_path, tiny_student, sft_lr=5e-3, max_steps=4)
     trainer = cuda_trainer(cfg)

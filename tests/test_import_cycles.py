@@ -102,3 +102,68 @@ def test_no_import_cycles():
     graph = {name: imports(name, path, set(modules)) for name, path in modules.items()}
     assert sum(len(v) for v in graph.values()) > 50  # the walk sees the project's imports
     assert cycles(graph) == []
+
+
+# The layers, back to front: a module may import its own layer's package and the layers before it. The
+# stages are packages of valign_edge; export, chat and pipeline use them; the CLI and the app are in front.
+LAYERS = [
+    ("the foundation", ["valign_edge.errors", "valign_edge.files", "valign_edge.events", "valign_edge.cpu",
+                        "valign_edge.config", "valign_edge.console", "valign_edge.repetition", "valign_edge.advice",
+                        "valign_edge.stores", "valign_edge.models", "valign_edge"]),
+    ("the run folder", ["valign_edge.runs"]),
+    ("the engines", ["valign_edge.backends"]),
+    ("documents", ["valign_edge.documents"]),
+    ("generation", ["valign_edge.generation"]),
+    ("training", ["valign_edge.training"]),
+    ("evaluation", ["valign_edge.evaluation"]),
+    ("what a run makes", ["valign_edge.export", "valign_edge.chat", "valign_edge.pipeline"]),
+    ("the front", ["valign_edge.commands", "valign_edge.cli", "valign_edge.tui"]),
+]
+# Imports against the flow, each for a reason; the test fails when one goes away too, so this list stays true.
+AGAINST_THE_FLOW = {
+    # the trainers execute training's plan, and every engine encodes with the one chat template
+    ("valign_edge.backends.hf", "valign_edge.training.batching"),
+    ("valign_edge.backends.llama_cpp", "valign_edge.training.batching"),
+    ("valign_edge.backends.mlx_trainer", "valign_edge.training.batching"),
+    ("valign_edge.backends.mlx_trainer", "valign_edge.training.plan"),
+    ("valign_edge.backends.torch_trainer", "valign_edge.training.batching"),
+    ("valign_edge.backends.torch_trainer", "valign_edge.training.plan"),
+    # a model given as a server's address is checked by the engine that talks to servers
+    ("valign_edge.models", "valign_edge.backends.openai_teacher"),
+    # a model's identity is hashed the way the run folder hashes everything
+    ("valign_edge.models", "valign_edge.runs.workspace"),
+}
+
+
+def layer_of(module: str) -> tuple[int, str]:
+    """(layer index, the package or module of that layer the module belongs to), by the longest prefix."""
+    found = max(((i, prefix) for i, (_, prefixes) in enumerate(LAYERS) for prefix in prefixes
+                 if module == prefix or module.startswith(prefix + ".")), key=lambda found: len(found[1]))
+    return found
+
+
+def against_the_flow(graph: dict[str, set[str]]) -> set[tuple[str, str]]:
+    """Imports of a later layer, or of another stage of the same layer (stages do not import each other
+    sideways: documents, generation, training and evaluation are each their own layer)."""
+    out = set()
+    for module, targets in graph.items():
+        layer, home = layer_of(module)
+        for target in targets:
+            their_layer, _ = layer_of(target)
+            if their_layer > layer:
+                out.add((module, target))
+    return out
+
+
+def test_every_module_has_a_layer():
+    for module in project_modules():
+        assert layer_of(module)  # raises on a module of no layer
+
+
+def test_imports_flow_from_the_front_to_the_foundation():
+    modules = project_modules()
+    graph = {name: imports(name, path, set(modules)) for name, path in modules.items()}
+    assert against_the_flow(graph) == AGAINST_THE_FLOW
+    # the check sees a backward import: the run folder importing a stage
+    assert against_the_flow({"valign_edge.runs.purge": {"valign_edge.generation.synth"}}) == {
+        ("valign_edge.runs.purge", "valign_edge.generation.synth")}

@@ -1,7 +1,7 @@
 import pytest
 
+from valign_edge.documents.ingest import read_document
 from valign_edge.errors import UserError
-from valign_edge.ingest import read_document
 
 
 def test_markdown_is_normalized(tmp_path):

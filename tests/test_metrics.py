@@ -5,10 +5,9 @@ from __future__ import annotations
 import math
 
 import pytest
-
 from conftest import needs
 
-from valign_edge import metrics
+from valign_edge.evaluation import metrics
 
 REF = "Everyone has the right to life, liberty and security of person."
 UNRELATED = "Bananas are yellow and grow in tropical countries around the world, mostly in large plantations."

@@ -25,7 +25,8 @@ BLAS = mlx_blas.enable(1)
 
 from valign_edge.config import RunConfig  # noqa: E402
 from valign_edge.errors import Cancelled  # noqa: E402
-from valign_edge.workspace import Run, write_jsonl  # noqa: E402
+from valign_edge.files import write_jsonl  # noqa: E402
+from valign_edge.runs.workspace import Run  # noqa: E402
 
 pytestmark = pytest.mark.mlx
 ROOT = Path(__file__).resolve().parent.parent
@@ -193,8 +194,9 @@ def test_dpo_reference_log_probs_are_the_ones_torch_computes(trained, tiny_model
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from valign_edge import batching, datasets
     from valign_edge.backends.torch_trainer import TorchTrainer
+    from valign_edge.generation import datasets
+    from valign_edge.training import batching
 
     run, cfg, trainer, *_ = trained
     ours = np.array(mx.load(str(run.adapter_dir("dpo") / "reference_logps.safetensors"))["logps"])

@@ -3,8 +3,8 @@ get a TEMPLATE Ollama can use; other templates are left to the GGUF's metadata."
 
 from __future__ import annotations
 
-from valign_edge.batching import FALLBACK_CHAT_TEMPLATE
 from valign_edge.export import modelfile
+from valign_edge.training.batching import FALLBACK_CHAT_TEMPLATE
 
 
 def test_fallback_format_gets_its_own_template_and_stop():

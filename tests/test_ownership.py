@@ -10,7 +10,6 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import CANARY, CANARY_DOC, ROOT, assert_one_line_error, cli_env, copy_run, snapshot, valign
 
 USER_FILES = {".git/HEAD": "ref: refs/heads/main\n", ".gitignore": "*.pyc\n", ".env": "TOKEN=mine\n",
@@ -94,7 +93,7 @@ def _listed(run, rel: str) -> bool:
 KILLED_WRITER = r"""
 import os, signal, sys, tempfile
 from pathlib import Path
-from valign_edge.workspace import Run, append_jsonl
+from valign_edge.runs.workspace import Run, append_jsonl
 
 run = Run.open(Path(sys.argv[1]), create=False)
 with run.lock():
@@ -161,7 +160,7 @@ def _teacher():
 # --- JSONL: only a torn last line of an append-only file is forgiven ------------------------------------
 def test_read_jsonl_names_the_bad_line(tmp_path):
     from valign_edge.errors import UserError
-    from valign_edge.workspace import append_jsonl, read_jsonl
+    from valign_edge.files import append_jsonl, read_jsonl
 
     path = tmp_path / "records.jsonl"
     path.write_text('{"a": 1}\n{"a": 2')  # a killed writer's half line
@@ -179,7 +178,7 @@ def test_read_jsonl_names_the_bad_line(tmp_path):
 
 def test_a_torn_event_line_is_cut_before_the_next_process_appends(tmp_path):
     from valign_edge.events import Event, JsonlSink
-    from valign_edge.workspace import read_jsonl
+    from valign_edge.files import read_jsonl
 
     path = tmp_path / "events.jsonl"
     path.write_text('{"kind": "log"}\n{"kind": "prog')
@@ -206,7 +205,7 @@ def test_a_run_folder_writable_by_others_or_not_ours_is_refused(tmp_path, monkey
     """Issue 32.2: another user's 0777 "run" whose synth file linked to their own file received the document's
     questions and answers. Refused now in one line, the folder left as it was."""
     from valign_edge.errors import UserError
-    from valign_edge.workspace import Run
+    from valign_edge.runs.workspace import Run
 
     run = Run.open(tmp_path / "run")
     run.root.chmod(0o777)

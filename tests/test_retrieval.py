@@ -4,13 +4,13 @@ index over the shipped code of conduct, measured on its hand-written probe's lab
 from __future__ import annotations
 
 import pytest
-
 from conftest import ROOT
+
 from valign_edge.chat import source_line
-from valign_edge.chunking import chunk_text
-from valign_edge.eval_probes import load_probe
-from valign_edge.ingest import read_document
-from valign_edge.retrieval import Encoder, make_index
+from valign_edge.documents.chunking import chunk_text
+from valign_edge.documents.ingest import read_document
+from valign_edge.documents.retrieval import Encoder, make_index
+from valign_edge.evaluation.probes import load_probe
 
 
 @pytest.fixture(scope="module")
@@ -55,8 +55,8 @@ def test_source_line_names_the_section_and_quotes_it():
 def test_training_rows_carry_passages_in_the_answer_time_layout(coc):
     """RAFT rows: a seeded share of rows gets passages, most often its own chunk among distractors; the
     layout is the one retrieval uses at answer time, and a rebuild picks the same passages."""
-    from valign_edge.raft import ORACLE, add_passages, with_passages
-    from valign_edge.retrieval import rag_messages
+    from valign_edge.documents.passages import ORACLE, add_passages, with_passages
+    from valign_edge.documents.retrieval import rag_messages
 
     chunks = {c["id"]: c["text"] for c in coc[0]}
     ids = sorted(chunks)

@@ -12,8 +12,8 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-
 from conftest import CANARY_DOC, ROOT, assert_one_line_error, cli_command, cli_env, make_guard
+
 from valign_edge.backends.llama_server import cached_binary
 
 # As in test_server_teacher: in the default suite once the llama-server binary is cached, else in test-all.
@@ -29,7 +29,7 @@ def _guarded(tmp_path: Path, *args):
 
 
 def _empty_run(path: Path) -> Path:
-    from valign_edge.workspace import Run
+    from valign_edge.runs.workspace import Run
 
     return Run.open(path).root
 
@@ -75,9 +75,9 @@ GOOD, BAD = "They must be locked away.", "They can be taken home to finish the w
 
 def _judge(run_dir: Path, judge: str):
     from valign_edge.config import RunConfig
-    from valign_edge.eval_judging import judge_answers
-    from valign_edge.eval_systems import Context
-    from valign_edge.workspace import Run
+    from valign_edge.evaluation.judging import judge_answers
+    from valign_edge.evaluation.systems import Context
+    from valign_edge.runs.workspace import Run
 
     cfg = RunConfig()
     cfg.eval.judge = judge

@@ -9,11 +9,11 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
 from conftest import CANARY_DOC, ROOT, assert_one_line_error, cli_command, cli_env, make_guard, valign
+
 from valign_edge.backends.llama_server import cached_binary
 from valign_edge.backends.openai_teacher import is_loopback
-from valign_edge.workspace import read_jsonl
+from valign_edge.files import read_jsonl
 
 # Building llama-server takes 32 minutes on a loaded 2-core machine (once; cached in ~/.cache/valign-edge/bin),
 # and `valign generate` through it several minutes there: the generate tests run in `make test-all`
@@ -141,7 +141,7 @@ def test_server_token_counts_and_json_schema_route(server, teacher_gguf):
     """Chunk budgets count the same tokens as in-process; a server without grammars gets the schema."""
     from valign_edge.backends.llama_cpp import LlamaTeacher, choice_grammar, questions_grammar
     from valign_edge.backends.openai_teacher import OpenAITeacher
-    from valign_edge.teacher_io import messages, parse_list
+    from valign_edge.generation.teacher_io import messages, parse_list
 
     remote = OpenAITeacher(server.url)
     local = LlamaTeacher(teacher_gguf, n_ctx=512)
@@ -189,10 +189,10 @@ def test_chunks_run_ahead_yet_records_are_a_sequential_runs(teacher_gguf, tmp_pa
     from dataclasses import replace
 
     from valign_edge.backends.llama_cpp import LlamaTeacher
-    from valign_edge.chunking import chunk_text
     from valign_edge.config import GenerateConfig
-    from valign_edge.synth import synthesize
-    from valign_edge.workspace import Run
+    from valign_edge.documents.chunking import chunk_text
+    from valign_edge.generation.synth import synthesize
+    from valign_edge.runs.workspace import Run
 
     llama = LlamaTeacher(teacher_gguf, n_ctx=2048, n_threads=1, n_threads_batch=1)
     cfg = GenerateConfig(questions_per_chunk=2, pairs_per_chunk=1, situations_per_norm=1, rephrasings_per_norm=0)

@@ -11,8 +11,9 @@ import pytest
 from conftest import copy_run, valign
 
 from valign_edge.config import RunConfig, TrainConfig, resolve
-from valign_edge.trainplan import stage_key
-from valign_edge.workspace import Run, write_jsonl
+from valign_edge.files import write_jsonl
+from valign_edge.runs.workspace import Run
+from valign_edge.training.plan import stage_key
 
 # Settings that change speed, memory or where the work runs, never the numbers a stage produces.
 NO_RESULT = {"threads": 2, "micro_batch_tokens": 128, "checkpoint_every": 7, "device": "cpu", "backend": "torch"}
@@ -58,7 +59,7 @@ def test_keys_follow_only_their_stage_settings_and_the_sft_adapter(tmp_path):
 def test_a_base_student_key_follows_the_fallback_prompt_format(tmp_path, monkeypatch):
     """gemma3-270m has no chat template: it trains under batching.FALLBACK_CHAT_TEMPLATE, so a new
     fallback format retrains it; a student with its own template keeps its key."""
-    from valign_edge import batching
+    from valign_edge.training import batching
 
     run = Run.open(tmp_path / "run")
     write_jsonl(run.split_path("sft", "train"), [{"messages": [{"role": "user", "content": "Q?"},

@@ -8,11 +8,11 @@ import re
 
 import pytest
 
-from valign_edge import norms, situations
-from valign_edge.chunking import Chunk
 from valign_edge.config import GenerateConfig
-from valign_edge.filters import QuestionIndex
-from valign_edge.stances import StanceWriter, reason
+from valign_edge.documents.chunking import Chunk
+from valign_edge.generation import norms, situations
+from valign_edge.generation.filters import QuestionIndex
+from valign_edge.generation.stances import StanceWriter, reason
 
 
 @pytest.mark.parametrize("clause, kind, action", [
@@ -195,7 +195,7 @@ def test_listed_behaviours_get_questions_both_ways_and_split_wordings():
 
 
 def test_wrapped_lines_join_but_lines_of_their_own_stay_apart():
-    from valign_edge.filters import blocks, sentences
+    from valign_edge.generation.filters import blocks, sentences
 
     text = ("We pledge to make participation in our community a harassment-free\nexperience for everyone.\n"
             "Article 1\nAll human beings are born free and equal in dignity and rights.\n\n"
@@ -279,7 +279,7 @@ def test_the_document_sentence_is_the_faithful_reason_when_the_teacher_only_copi
 
 
 def test_sft_learns_the_grounded_answer_and_dpo_the_teacher_worded_one():
-    from valign_edge.datasets import dpo_rows, sft_rows_from_pairs
+    from valign_edge.generation.datasets import dpo_rows, sft_rows_from_pairs
 
     rec = {"chunk_id": "c0", "span": [0, 10], "items": [
         {"prompt": "Can I copy records home?", "chosen": "No. It risks privacy.", "rejected": "Yes. It's fine.",

@@ -8,11 +8,13 @@ the privacy, crash-resume and bad-input tests use.
 import json
 import re
 
-from valign_edge import datasets, filters
-from valign_edge.chunking import Chunk
 from valign_edge.config import GenerateConfig
-from valign_edge.synth import Synthesizer, parse_list, synthesize
-from valign_edge.workspace import Run, read_jsonl
+from valign_edge.documents.chunking import Chunk
+from valign_edge.files import read_jsonl
+from valign_edge.generation import datasets, filters
+from valign_edge.generation.synth import Synthesizer, synthesize
+from valign_edge.generation.teacher_io import parse_list
+from valign_edge.runs.workspace import Run
 
 CHUNK_TEXT = ("## 4. Gifts\n\nYou must not accept gifts, meals or payments from suppliers. "
               "Declare any interest in a supplier to the Ethics Office before a decision.")
@@ -116,7 +118,7 @@ def test_resume_generates_only_missing_chunks_without_duplicates(tmp_path):
 
 def test_splits_are_deterministic_disjoint_and_apply_edits(tmp_path):
     run = Run.open(tmp_path / "run")
-    from valign_edge.workspace import append_jsonl
+    from valign_edge.files import append_jsonl
 
     items = [{"question": f"Question number {i} about gifts?", "answer": f"Answer {i}."} for i in range(20)]
     append_jsonl(run.synth_dir / "sft.jsonl", {"chunk_id": "c0", "span": [0, 5], "items": items, "key": "k"})
@@ -131,7 +133,7 @@ def test_splits_are_deterministic_disjoint_and_apply_edits(tmp_path):
     assert row["messages"][0]["role"] == "user" and row["messages"][1]["role"] == "assistant"
     datasets.build(run, ["c0"], 0.1, 0.2, seed=1, key="k")
     assert datasets.load(run, "sft", "train") == splits["train"]
-    from valign_edge.generate import add_edit
+    from valign_edge.generation.generate import add_edit
 
     victim, edited = splits["train"][0]["meta"]["id"], splits["train"][1]["meta"]["id"]
     add_edit(run, victim, "reject")

@@ -4,7 +4,7 @@ option is left, and the pick is the one full constrained decoding makes, on the 
 from __future__ import annotations
 
 from valign_edge.backends.llama_cpp import Choice, LlamaTeacher, choice_grammar
-from valign_edge.teacher_io import messages
+from valign_edge.generation.teacher_io import messages
 
 CHUNK = ("## Visitors\n\nVolunteers must treat every visitor with respect. What visitors tell a volunteer is "
          "private and must not be repeated outside the centre. Paper records are locked away every evening. "
@@ -44,7 +44,7 @@ def test_likeliest_first_grammar_sampling_makes_the_same_text(teacher_gguf):
     vocabulary), sampled and greedy, for the three kinds of grammar generation uses."""
     from valign_edge.backends import llama_grammar
     from valign_edge.backends.llama_cpp import FREE_TEXT, _literal, questions_grammar
-    from valign_edge.stances import SENTENCE
+    from valign_edge.generation.stances import SENTENCE
 
     teacher = LlamaTeacher(teacher_gguf, n_ctx=1024)
     against = _literal("Yes, you can. ")

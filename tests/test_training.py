@@ -3,7 +3,6 @@
 import json
 
 import pytest
-
 from conftest import needs
 
 torch = needs("torch")
@@ -11,7 +10,8 @@ needs("peft")
 
 from valign_edge.config import RunConfig  # noqa: E402
 from valign_edge.errors import Cancelled  # noqa: E402
-from valign_edge.workspace import Run, write_jsonl  # noqa: E402
+from valign_edge.files import write_jsonl  # noqa: E402
+from valign_edge.runs.workspace import Run  # noqa: E402
 
 QA = [("What must staff do with patient records?", "Keep patient records confidential."),
       ("May I accept gifts from suppliers?", "No, you must not accept gifts from suppliers."),
@@ -98,8 +98,9 @@ def test_interrupted_training_resumes_from_the_checkpoint(tmp_path, tiny_model):
 
 
 def test_merge_convert_and_llama_cpp_reproduce_the_model(tmp_path, tiny_model):
-    from valign_edge.batching import prompt_ids
-    from valign_edge.export import agreement, gguf_greedy, run_converter
+    from valign_edge.backends.llama_cpp import greedy_tokens as gguf_greedy
+    from valign_edge.export import agreement, run_converter
+    from valign_edge.training.batching import prompt_ids
 
     run, cfg = make_run(tmp_path, tiny_model, sft_lr=5e-3, max_steps=4)
     t = trainer(cfg)
@@ -115,7 +116,7 @@ def test_merge_convert_and_llama_cpp_reproduce_the_model(tmp_path, tiny_model):
 
 
 def test_warmup_is_at_most_a_tenth_of_a_short_stage():
-    from valign_edge.batching import lr_at
+    from valign_edge.training.batching import lr_at
 
     assert lr_at(0, 6, 5, 1.0) == 1.0  # 6 DPO steps: no warm-up eating most of them
     assert lr_at(0, 100, 5, 1.0) == pytest.approx(1 / 6)
@@ -123,7 +124,7 @@ def test_warmup_is_at_most_a_tenth_of_a_short_stage():
 
 
 def test_micro_batches_split_a_step_by_padded_tokens():
-    from valign_edge.batching import micro_batches
+    from valign_edge.training.batching import micro_batches
 
     lengths = [30, 40, 50, 100, 10]
     assert micro_batches([0, 1, 2], lengths, 0) == [[0, 1, 2]]

@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 import pytest
+
 from valign_edge.tui.app import create_app
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -82,20 +83,16 @@ def _sentences(text: str) -> list[str]:
 
 def build_sample_run(root: Path) -> Path:
     """A finished-looking run folder, written through the library (no model calls, fixed content)."""
-    from valign_edge import config, datasets, models
-    from valign_edge.chunking import chunk_text
+    from valign_edge import config, models
+    from valign_edge.documents.chunking import chunk_text
+    from valign_edge.documents.ingest import read_document
     from valign_edge.events import Event, JsonlSink
-    from valign_edge.generate import save_config
+    from valign_edge.files import append_jsonl, atomic_write_text, write_json, write_jsonl
+    from valign_edge.generation import datasets
+    from valign_edge.generation.generate import save_config
+    from valign_edge.generation.synth import synth_key
     from valign_edge.models import model_id
-    from valign_edge.ingest import read_document
-    from valign_edge.synth import synth_key
-    from valign_edge.workspace import (
-        Run,
-        append_jsonl,
-        atomic_write_text,
-        write_json,
-        write_jsonl,
-    )
+    from valign_edge.runs.workspace import Run
 
     run = Run.open(root, create=True)
     cfg = config.resolve(preset="quick")
@@ -156,11 +153,13 @@ def sample_report(run, cfg) -> dict:
     (``metric_section``, ``reference_judge``, ``build_report``) from fixed answers instead of model calls,
     so it is the same on every machine. ``test_sample_report_has_the_format_valign_eval_writes`` holds it
     to a report the real ``valign eval`` wrote."""
-    from valign_edge import datasets, judge, metrics
-    from valign_edge.eval_judging import reference_judge
-    from valign_edge.eval_report import COLUMNS, build_report, metric_section
-    from valign_edge.eval_systems import REFERENCE_SYSTEM, SYSTEMS, Context, System
-    from valign_edge.eval_testset import TestSet
+    from valign_edge.config import SYSTEMS
+    from valign_edge.evaluation import judge, metrics
+    from valign_edge.evaluation.judging import reference_judge
+    from valign_edge.evaluation.report import COLUMNS, build_report, metric_section
+    from valign_edge.evaluation.systems import REFERENCE_SYSTEM, Context, System
+    from valign_edge.evaluation.testset import TestSet
+    from valign_edge.generation import datasets
 
     rows = [r for split in ("test", "valid", "train") for r in datasets.load(run, "sft", split)][:12]
     questions = [{"id": r["meta"]["id"], "question": r["messages"][0]["content"], "kind": "sft",
@@ -375,6 +374,7 @@ def test_chat_streams_from_the_exported_model(tiny_run, monkeypatch):
 # --- screens on the sample run -------------------------------------------------------------------------
 def test_every_screen_opens_from_keys_and_palette(in_sample):
     from textual.command import CommandPalette
+
     from valign_edge.tui.screens.data import DataScreen
     from valign_edge.tui.screens.help import HelpScreen
 
@@ -490,6 +490,7 @@ def test_new_run_with_another_document_into_a_run_is_refused(sample_copy, tmp_pa
 
 def test_file_picker_chooses_a_document_and_a_run_folder(in_sample):
     from textual.widgets import Input
+
     from valign_edge.tui.screens.dialogs import PathPicker
 
     async def go():
@@ -547,6 +548,7 @@ def test_start_screen_fills_the_form_from_an_opened_run(sample_copy):
 
 def test_reject_edit_and_restore_records(sample_copy):
     from textual.widgets import DataTable, Select, TextArea
+
     from valign_edge.tui.screens.dialogs import EditRecord
 
     def ids(kind: str, split: str) -> list[str]:
@@ -619,6 +621,7 @@ def test_reject_edit_and_restore_records(sample_copy):
 def _show_report(run: Path, report: dict) -> dict:
     """Open ``run`` on the Evaluation screen; what its table, charts, notes and notices show."""
     from textual.widgets import DataTable, Static
+
     from valign_edge.tui.widgets.charts import BarChart
 
     async def go():

@@ -6,10 +6,11 @@ from __future__ import annotations
 import asyncio
 import time
 
-from valign_edge.eval_evidence import small_sample_advice
-from valign_edge.eval_report import COLUMN_LABELS, COLUMNS, PROBE_COLUMNS, metric_section, probe_columns
+from valign_edge.evaluation.evidence import small_sample_advice
+from valign_edge.evaluation.report import COLUMN_LABELS, COLUMNS, PROBE_COLUMNS, metric_section, probe_columns
+from valign_edge.files import write_json, write_jsonl
+from valign_edge.runs.workspace import Run
 from valign_edge.tui.app import create_app
-from valign_edge.workspace import Run, write_json, write_jsonl
 
 SIZE = (120, 40)
 

@@ -9,9 +9,9 @@ import asyncio
 from pathlib import Path
 
 import pytest
-
 from test_stores import build_stores
 from test_tui import SIZE, TINY_DOC, notices, wait_for
+
 from valign_edge.tui.app import create_app
 
 REMOTE = "http://192.0.2.7:8080/v1"
@@ -90,7 +90,7 @@ def test_start_screen_says_where_the_text_goes_with_allow_remote(in_tmp, remote_
 
 def test_pipeline_screen_names_the_remote_teacher_of_an_opened_run(in_tmp, remote_allowed):
     from valign_edge.config import resolve, to_toml
-    from valign_edge.workspace import Run
+    from valign_edge.runs.workspace import Run
 
     run = Run.open(in_tmp / "remote-run")
     cfg = resolve(overrides={"teacher": REMOTE, "eval.judge": "http://localhost:9000/v1"})

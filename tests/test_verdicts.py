@@ -7,14 +7,15 @@ import csv
 import json
 
 import pytest
-
 from conftest import valign
+
 from valign_edge.errors import UserError
-from valign_edge.eval_grading import read_marks, write_sheet
-from valign_edge.eval_markdown import render_markdown, verdict_table
-from valign_edge.eval_probes import load_probe
-from valign_edge.eval_verdicts import answer_verdict, forced_choice, verdict_section, verdict_summary
-from valign_edge.workspace import Run, write_json, write_jsonl
+from valign_edge.evaluation.grading import read_marks, write_sheet
+from valign_edge.evaluation.markdown import render_markdown, verdict_table
+from valign_edge.evaluation.probes import load_probe
+from valign_edge.evaluation.verdicts import answer_verdict, forced_choice, verdict_section, verdict_summary
+from valign_edge.files import write_json, write_jsonl
+from valign_edge.runs.workspace import Run
 
 
 @pytest.mark.parametrize("text, verdict", [
@@ -144,7 +145,7 @@ def test_grading_sheet_is_blind_and_marks_come_back(tmp_path):
 
 
 def test_forced_yes_no_on_the_real_model(teacher_gguf):
-    from valign_edge.runtime import Runtime
+    from valign_edge.backends.llama_cpp import Runtime
 
     rt = Runtime(teacher_gguf, logits=True, threads=(1, 1))
     for question in ("Is Paris in France?", "Can fish fly?"):
@@ -167,7 +168,7 @@ def _pair(i: int, verdict: str) -> dict:
 
 
 def test_balance_repeats_the_rarer_verdict_and_verdict_pairs_isolate_the_verdict():
-    from valign_edge.datasets import balance_verdicts, verdict_rows
+    from valign_edge.generation.datasets import balance_verdicts, verdict_rows
 
     rows = [_pair(i, "no") for i in range(5)] + [_pair(i, "yes") for i in range(5, 7)] + \
         [{"prompt": "Open?", "chosen": "A.", "rejected": "B.", "meta": {"id": "open"}}]
@@ -184,7 +185,7 @@ def test_balance_repeats_the_rarer_verdict_and_verdict_pairs_isolate_the_verdict
 
 def _synth_run(root, pairs: list[dict], answers: list[dict] = ()) -> Run:
     """A run holding one chunk's synth records: stance ``pairs`` and extractive ``answers``."""
-    from valign_edge.workspace import append_jsonl
+    from valign_edge.files import append_jsonl
 
     run = Run.open(root)
     append_jsonl(run.synth_dir / "dpo.jsonl", {"chunk_id": "c1", "span": [0, 1], "items": pairs})
@@ -193,7 +194,7 @@ def _synth_run(root, pairs: list[dict], answers: list[dict] = ()) -> Run:
 
 
 def test_build_balances_only_the_training_split(tmp_path):
-    from valign_edge.datasets import build
+    from valign_edge.generation.datasets import build
 
     items = [{"prompt": f"Can I do thing {i}?", "chosen": "No, you should not. Reason.",
               "rejected": "Yes, you can. Excuse.", "document_says": "no"} for i in range(30)]
@@ -229,7 +230,7 @@ def test_answer_verdict_reads_a_conclusion_after_the_reason(text, verdict):
 
 
 def test_reason_first_puts_the_verdict_after_the_reason_and_twins_each_pair(tmp_path):
-    from valign_edge.datasets import build
+    from valign_edge.generation.datasets import build
 
     items = [{"prompt": f"Can I do thing {i}?", "chosen": "No, you should not. You must never do thing.",
               "rejected": "Yes, you can. It saves time.", "document_says": "no"} for i in range(20)]

@@ -24,9 +24,8 @@ from textual.screen import Screen
 
 from valign_edge.errors import Cancelled, UserError
 from valign_edge.events import Event
-
-from .errors import error_text
-from .state import JobState, display_path
+from valign_edge.tui.errors import error_text
+from valign_edge.tui.state import JobState, display_path
 
 SCREEN_NAMES = ("start", "pipeline", "data", "eval", "chat")
 
@@ -66,7 +65,7 @@ class ValignApp(App):
     def __init__(self, run_dir: Path | None = None):
         super().__init__()
         self.initial_run_dir = Path(run_dir) if run_dir is not None else None
-        self.active_run = None  # valign_edge.workspace.Run
+        self.active_run = None  # valign_edge.runs.workspace.Run
         self.cfg = None  # valign_edge.config.RunConfig
         self.doc: Path | None = None  # document to (re)read on the next pipeline start
         self.job = JobState()
@@ -77,11 +76,11 @@ class ValignApp(App):
 
     # --- lifecycle -----------------------------------------------------------------------------------
     def on_mount(self) -> None:
-        from .screens.chat import ChatScreen
-        from .screens.data import DataScreen
-        from .screens.evaluation import EvalScreen
-        from .screens.pipeline import PipelineScreen
-        from .screens.start import StartScreen
+        from valign_edge.tui.screens.chat import ChatScreen
+        from valign_edge.tui.screens.data import DataScreen
+        from valign_edge.tui.screens.evaluation import EvalScreen
+        from valign_edge.tui.screens.pipeline import PipelineScreen
+        from valign_edge.tui.screens.start import StartScreen
 
         for name, cls in zip(SCREEN_NAMES, (StartScreen, PipelineScreen, DataScreen, EvalScreen, ChatScreen)):
             self._screens[name] = cls()
@@ -103,7 +102,7 @@ class ValignApp(App):
                 self.call_later(self.action_goto, name)
 
     def action_help(self) -> None:
-        from .screens.help import HelpScreen
+        from valign_edge.tui.screens.help import HelpScreen
 
         if not isinstance(self.screen, HelpScreen):
             self.push_screen(HelpScreen())
@@ -150,7 +149,7 @@ class ValignApp(App):
     def open_run(self, path: Path, announce: bool = True) -> bool:
         """Open an existing run folder and its saved configuration."""
         from valign_edge import config
-        from valign_edge.workspace import Run
+        from valign_edge.runs.workspace import Run
 
         if self.job.job:
             self.show_error("wait for the running job to stop before opening another run")
@@ -169,9 +168,9 @@ class ValignApp(App):
     def new_run(self, doc: Path, run_dir: Path, preset: str | None, overrides: dict[str, Any]) -> bool:
         """Create (or reopen) a run folder for ``doc`` with the chosen settings, and start the pipeline."""
         from valign_edge import config, models
-        from valign_edge.generate import check_document
-        from valign_edge.ingest import read_document
-        from valign_edge.workspace import Run
+        from valign_edge.documents.ingest import read_document
+        from valign_edge.generation.generate import check_document
+        from valign_edge.runs.workspace import Run
 
         if self.job.job:
             self.show_error("a job is already running; cancel it first")
@@ -225,7 +224,7 @@ class ValignApp(App):
 
         def evaluate(emit, stop):
             try:
-                from valign_edge.evaluate import evaluate as run_eval
+                from valign_edge.evaluation.evaluate import evaluate as run_eval
             except ImportError as exc:
                 raise UserError(f"evaluation is not available in this installation ({exc})") from None
             return run_eval(run, cfg, emit)
@@ -322,7 +321,7 @@ class ValignApp(App):
 
     def open_run_dialog(self) -> None:
         """Pick a run folder and open it (the start screen's "Open" when its path is no run)."""
-        from .screens.dialogs import PathPicker
+        from valign_edge.tui.screens.dialogs import PathPicker
 
         def opened(path: Path | None) -> None:
             if path is not None and self.open_run(path):

@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from valign_edge.events import Event, format_eta
-from valign_edge.workspace import STAGES, Run, read_jsonl
+from valign_edge.files import read_jsonl
+from valign_edge.runs.workspace import STAGES, Run
 
 STAGE_TITLES = {"generate": "Generate data", "train_sft": "Train SFT", "train_dpo": "Train DPO",
                 "export": "Export GGUF", "eval": "Evaluate"}
@@ -195,7 +196,7 @@ def latest_decisions(run: Run) -> dict[str, str]:
 
 def review_rows(run: Run, kind: str, split: str) -> list[dict]:
     """Records to review: a split as training will see it, or the rejected records of ``kind``."""
-    from valign_edge import datasets
+    from valign_edge.generation import datasets
 
     if split != "rejected":
         return datasets.load(run, kind, split)

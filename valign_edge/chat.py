@@ -5,8 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from .errors import UserError
-
+from valign_edge.errors import UserError
 
 RETRIEVAL_FILE = "retrieval.json"  # beside an export's GGUF: what chat --rag needs without the run
 
@@ -40,9 +39,10 @@ def _rag_index(run_dir: Path | None):
         raise UserError("--rag needs a run folder or an export folder (it retrieves from the document)")
     if not (run_dir / "manifest.json").exists():
         return _export_index(run_dir)
-    from .config import resolve
-    from .retrieval import make_index
-    from .workspace import Run, read_jsonl
+    from valign_edge.config import resolve
+    from valign_edge.documents.retrieval import make_index
+    from valign_edge.files import read_jsonl
+    from valign_edge.runs.workspace import Run
 
     run = Run.open(run_dir, create=False)
     if not read_jsonl(run.chunks_path):
@@ -64,8 +64,8 @@ def _all_text(chunks: object) -> bool:
 def _export_index(folder: Path):
     import json
 
-    from .files import JSONL_LIMIT, read_regular
-    from .retrieval import make_index
+    from valign_edge.documents.retrieval import make_index
+    from valign_edge.files import JSONL_LIMIT, read_regular
 
     path = folder / RETRIEVAL_FILE
     if not path.exists():
@@ -85,7 +85,7 @@ def _export_index(folder: Path):
 def retrieval_record(chunks: list[dict], retriever: str, top_k: int, passages: float) -> dict:
     """What ``valign chat EXPORT_DIR --rag`` needs: the chunks (document text), the retriever and the
     embedding model it encodes with, and whether the model was trained with passages (RAFT)."""
-    from .models import model_id, resolve
+    from valign_edge.models import model_id, resolve
 
     record = {"retriever": retriever, "top_k": top_k, "trained_with_passages": passages,
               "chunks": [{k: c[k] for k in ("id", "heading", "text") if k in c} for c in chunks]}
@@ -109,7 +109,7 @@ class ChatSession:
 
     def __init__(self, gguf: Path, run_dir: Path | None = None, rag: bool = False, rag_top_k: int = 2,
                  max_tokens: int = 256):
-        from .backends.llama_cpp import Runtime
+        from valign_edge.backends.llama_cpp import Runtime
 
         self.index = _rag_index(run_dir) if rag else None  # before the model loads: a refusal is instant
         self.runtime = Runtime(gguf)
@@ -121,7 +121,7 @@ class ChatSession:
     def ask(self, question: str):
         messages = list(self.history)
         if self.index is not None:
-            from .retrieval import rag_messages
+            from valign_edge.documents.retrieval import rag_messages
 
             self.sources = self.index.search(question, self.rag_top_k)
             messages += rag_messages(question, self.sources)
@@ -133,7 +133,7 @@ class ChatSession:
             yield piece
         text = "".join(answer)
         if self.runtime.stop_loops:  # a base student's loop was shown once; it is not fed back to the model
-            from .repetition import cut_loop
+            from valign_edge.repetition import cut_loop
 
             text = cut_loop(text)
         self.history += [{"role": "user", "content": question}, {"role": "assistant", "content": text}]
@@ -183,8 +183,8 @@ def side_by_side(run, cfg, question: str | None = None) -> None:
     """The measured effect on the document's shipped probe (vanilla vs aligned, with n and intervals, and
     three fixed probe questions side by side) when there is one; else one answer of the aligned model
     next to the vanilla model's answer to the same question."""
-    from .datasets import load
-    from .eval_demo import show_measured_effect
+    from valign_edge.evaluation.demo import show_measured_effect
+    from valign_edge.generation.datasets import load
 
     if question is None and show_measured_effect(run, cfg):
         return

@@ -9,10 +9,21 @@ import argparse
 import sys
 from pathlib import Path
 
-from .commands import (  # noqa: F401 (the verbs, for the parser's table)
-    _sticky_sigint, cmd_chat, cmd_config, cmd_eval, cmd_export, cmd_generate, cmd_models, cmd_purge, cmd_run,
-    cmd_train, cmd_tui, stop_signal)
-from .errors import Cancelled, UserError
+from valign_edge.commands import (  # noqa: F401 (the verbs, for the parser's table)
+    _sticky_sigint,
+    cmd_chat,
+    cmd_config,
+    cmd_eval,
+    cmd_export,
+    cmd_generate,
+    cmd_models,
+    cmd_purge,
+    cmd_run,
+    cmd_train,
+    cmd_tui,
+    stop_signal,
+)
+from valign_edge.errors import Cancelled, UserError
 
 EPILOG = """examples:
   valign run valign_edge/data/code_of_conduct.md --out runs/demo --preset quick
@@ -58,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="valign", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG,
         description="Align a small local language model to the values in a document, entirely offline. "
                     "Without a verb, opens the terminal app.")
-    from . import __version__
+    from valign_edge import __version__
 
     parser.add_argument("--version", action="version", version=f"valign-edge {__version__}")
     sub = parser.add_subparsers(dest="verb", metavar="VERB")
@@ -146,7 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .workspace import private_umask
+    from valign_edge.runs.workspace import private_umask
 
     argv = sys.argv[1:] if argv is None else argv
     parser = build_parser()
@@ -157,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.func is not cmd_tui:
         _sticky_sigint()
     if getattr(args, "allow_remote", False):
-        from .backends import openai_teacher
+        from valign_edge.backends import openai_teacher
 
         openai_teacher.REMOTE_ALLOWED = True
     try:

@@ -10,11 +10,11 @@ import contextlib
 import sys
 from pathlib import Path
 
-from .errors import UserError
+from valign_edge.errors import UserError
 
 
 def _resolve_config(args: argparse.Namespace, run_dir: Path | None):
-    from . import config
+    from valign_edge import config
 
     overrides = config.parse_set(args.set)
     for flag, key in (("teacher", "teacher"), ("student", "student"), ("seed", "seed"),
@@ -27,8 +27,8 @@ def _resolve_config(args: argparse.Namespace, run_dir: Path | None):
 
 
 def _emitter(run=None, quiet: bool = False):
-    from .console import ConsoleSink
-    from .events import JsonlSink, fanout
+    from valign_edge.console import ConsoleSink
+    from valign_edge.events import JsonlSink, fanout
 
     sink = ConsoleSink(quiet=quiet)
     emit = fanout(sink, JsonlSink(run.events_path)) if run is not None else sink
@@ -84,15 +84,15 @@ def _sticky_sigint() -> None:
 
 
 def _open_run(path: Path, create: bool):
-    from .workspace import Run
+    from valign_edge.runs.workspace import Run
 
     return Run.open(path, create=create)
 
 
 def cmd_generate(args) -> int:
-    from .generate import check_document, generate
-    from .ingest import read_document
-    from .models import resolve
+    from valign_edge.documents.ingest import read_document
+    from valign_edge.generation.generate import check_document, generate
+    from valign_edge.models import resolve
 
     cfg = _resolve_config(args, args.out)
     text = read_document(args.document).text  # refuse bad input before touching the run folder
@@ -108,7 +108,7 @@ def cmd_generate(args) -> int:
 def _announce(ref, role: str = "teacher") -> None:
     """With --allow-remote, say plainly where the document's text goes."""
     if ref.kind == "server":
-        from .backends.openai_teacher import remote_notice
+        from valign_edge.backends.openai_teacher import remote_notice
 
         line = remote_notice(ref.preset["url"], role)
         if line:
@@ -116,7 +116,7 @@ def _announce(ref, role: str = "teacher") -> None:
 
 
 def _print_generate_summary(run, info: dict) -> None:
-    from .datasets import load
+    from valign_edge.generation.datasets import load
 
     splits = info.get("splits", {})
     print(f"datasets in {run.data_dir}:")
@@ -133,8 +133,8 @@ def _print_generate_summary(run, info: dict) -> None:
 
 
 def cmd_train(args) -> int:
-    from .backends.torch_dist import follow, launched_follower
-    from .train import train
+    from valign_edge.backends.torch_dist import follow, launched_follower
+    from valign_edge.training.train import train
 
     if launched_follower():  # a rank > 0 under torchrun / accelerate launch: rank 0 leads, writes everything
         return follow()
@@ -147,7 +147,7 @@ def cmd_train(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from .export import export
+    from valign_edge.export import export
 
     run = _open_run(args.run, create=False)
     cfg = _resolve_config(args, args.run)
@@ -158,11 +158,11 @@ def cmd_export(args) -> int:
 
 
 def cmd_run(args) -> int:
-    from .backends.torch_dist import follow, launched_follower
-    from .generate import check_document
-    from .ingest import read_document
-    from .models import resolve
-    from .pipeline import run_all
+    from valign_edge.backends.torch_dist import follow, launched_follower
+    from valign_edge.documents.ingest import read_document
+    from valign_edge.generation.generate import check_document
+    from valign_edge.models import resolve
+    from valign_edge.pipeline import run_all
 
     if launched_follower():  # only the training stages run in several processes
         return follow()
@@ -171,8 +171,8 @@ def cmd_run(args) -> int:
     _announce(resolve(cfg.teacher, "teacher"))
     resolve(cfg.student, "student")
     if args.eval:  # a bad probe file or a refused judge server ends here, not after training
-        from .eval_judging import judge_model_ref
-        from .evaluate import check_probe_files
+        from valign_edge.evaluation.evaluate import check_probe_files
+        from valign_edge.evaluation.judging import judge_model_ref
 
         check_probe_files(cfg)
         _announce(judge_model_ref(cfg), "judge")
@@ -183,7 +183,7 @@ def cmd_run(args) -> int:
     print(f"aligned model: {info['model']}")
     print(f"verification: {'passed' if info['verified'] else 'FAILED'} ({run.export_dir / 'verify.json'})")
     if args.show_example:
-        from .chat import side_by_side
+        from valign_edge.chat import side_by_side
 
         with run.lock():  # the measured example writes to the run's evaluation caches
             side_by_side(run, cfg)
@@ -203,7 +203,8 @@ def _verification_exit(run, info: dict) -> int:
 
 
 def cmd_eval(args) -> int:
-    from .evaluate import compare, evaluate
+    from valign_edge.evaluation.evaluate import evaluate
+    from valign_edge.evaluation.markdown import compare
 
     if args.compare:
         print(compare([Path(p) for p in args.compare]))
@@ -212,20 +213,20 @@ def cmd_eval(args) -> int:
         raise UserError("give a run folder: valign eval RUN")
     run = _open_run(args.run, create=False)
     if args.grades:
-        from .eval_grading import record_grades
-        from .eval_markdown import grades_markdown
+        from valign_edge.evaluation.grading import record_grades
+        from valign_edge.evaluation.markdown import grades_markdown
 
         print("\n".join(grades_markdown(record_grades(run, args.grades))))
         return 0
     cfg = _resolve_config(args, args.run)
-    from .eval_judging import judge_model_ref
+    from valign_edge.evaluation.judging import judge_model_ref
 
     _announce(judge_model_ref(cfg), "judge")  # a judge server off this machine is refused here
     with _stage_session(run) as emit:
         report = evaluate(run, cfg, emit, doc=args.doc, probes=args.probe)
     print((run.eval_dir / "report.md").read_text(encoding="utf-8"))
     if args.grading_sheet:
-        from .eval_grading import write_sheet
+        from valign_edge.evaluation.grading import write_sheet
 
         made = write_sheet(run, args.grading_sheet, cfg.seed)
         print(f"grading sheet: {args.grading_sheet} ({made['items']} answers to {made['questions']} questions from "
@@ -235,7 +236,7 @@ def cmd_eval(args) -> int:
 
 
 def cmd_chat(args) -> int:
-    from .chat import chat_cli
+    from valign_edge.chat import chat_cli
 
     if not 1 <= args.max_tokens <= 8192:
         raise UserError(f"--max-tokens {args.max_tokens} is out of range: an answer length from 1 to 8192 tokens")
@@ -244,7 +245,7 @@ def cmd_chat(args) -> int:
 
 
 def cmd_models(args) -> int:
-    from .models import list_models, verify_models
+    from valign_edge.models import list_models, verify_models
 
     if args.action == "verify":
         bad = 0
@@ -257,14 +258,14 @@ def cmd_models(args) -> int:
         print(f"{row['name']:<24} {','.join(row['roles']):<22} {row['size_mb'] or '?':>4} MB  "
               f"{row['license']:<20} {state}")
         print(f"{'':<24} {row['description']}")
-    from .stores import print_local_models
+    from valign_edge.stores import print_local_models
 
     print_local_models()
     return 0
 
 
 def cmd_config(args) -> int:
-    from .config import PRESETS, describe
+    from valign_edge.config import PRESETS, describe
 
     print(describe())
     print("\npresets: " + ", ".join(PRESETS))
@@ -272,7 +273,7 @@ def cmd_config(args) -> int:
 
 
 def cmd_purge(args) -> int:
-    from .purge import purge
+    from valign_edge.runs.purge import purge
 
     removed = purge(_open_run(args.run, create=False), keep_model=not args.all, keep_index=args.keep_index)
     print(f"removed {len(removed)} items from {args.run}")
@@ -280,7 +281,7 @@ def cmd_purge(args) -> int:
 
 
 def cmd_tui(args) -> int:
-    from .tui.app import run_app
+    from valign_edge.tui.app import run_app
 
     run_app(getattr(args, "run", None))
     return 0

@@ -13,11 +13,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import UserError
-from .files import read_regular
+from valign_edge.errors import UserError
+from valign_edge.files import read_regular
 
-
-# The systems an evaluation can compare, in report order (eval_systems.py builds them).
+# The systems an evaluation can compare, in report order (evaluation/systems.py builds them).
 SYSTEMS = ("vanilla", "rag", "sft", "dpo", "dpo_rag")
 
 

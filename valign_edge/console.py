@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from .events import Event, format_eta
+from valign_edge.events import Event, format_eta
 
 
 class ConsoleSink:

@@ -71,7 +71,7 @@ class JsonlSink:
     """Appends every event to a JSONL file (kept inside the private run folder)."""
 
     def __init__(self, path: Path):
-        from .workspace import open_append
+        from valign_edge.files import open_append
 
         self._file = open_append(path)  # a line a killed writer left half-written is cut, not buried
         self._lock = threading.Lock()

@@ -17,17 +17,18 @@ import subprocess
 import sys
 from pathlib import Path
 
-from . import datasets, models
-from .batching import is_fallback_template
-from .backends import Trainer, choose_backend, load_trainer
-from .backends.llama_cpp import greedy_tokens as gguf_greedy
-from .backends.llama_cpp import quantize_gguf
-from .config import CHOICES, RunConfig
-from .errors import UserError
-from .events import Callback, Event, Progress, log
-from .files import note_written, temp_path
-from .trainplan import STAGES, adapter_hash
-from .workspace import Run, atomic_write_text, hash_obj, read_jsonl, write_json
+from valign_edge import models
+from valign_edge.backends import Trainer, choose_backend, load_trainer
+from valign_edge.backends.llama_cpp import greedy_tokens as gguf_greedy
+from valign_edge.backends.llama_cpp import quantize_gguf
+from valign_edge.config import CHOICES, RunConfig
+from valign_edge.errors import UserError
+from valign_edge.events import Callback, Event, Progress, log
+from valign_edge.files import atomic_write_text, note_written, read_jsonl, temp_path, write_json
+from valign_edge.generation import datasets
+from valign_edge.runs.workspace import Run, hash_obj
+from valign_edge.training.batching import is_fallback_template
+from valign_edge.training.plan import STAGES, adapter_hash
 
 LLAMA_CPP_VERSION = "0.3.36"
 
@@ -167,7 +168,7 @@ def export(run: Run, cfg: RunConfig, emit: Callback) -> dict:
     adapters = [adapter_hash(run.adapter_dir(stage)) for stage in STAGES]
     key = [adapters, vars(cfg.export), cfg.student, choice.name]
     if folder_template(base_dir) is None:  # a base student: both GGUFs carry the fallback template (with BOS)
-        from .batching import FALLBACK_CHAT_TEMPLATE
+        from valign_edge.training.batching import FALLBACK_CHAT_TEMPLATE
 
         key.append(FALLBACK_CHAT_TEMPLATE)
     key = hash_obj(key)
@@ -233,7 +234,7 @@ def export(run: Run, cfg: RunConfig, emit: Callback) -> dict:
 def _write_retrieval(run: Run, cfg: RunConfig) -> None:
     """``export/retrieval.json``: the chunks and retriever, so the export folder alone serves chat --rag.
     It holds the document's text: ``valign purge`` deletes it unless asked to keep it."""
-    from .chat import RETRIEVAL_FILE, retrieval_record
+    from valign_edge.chat import RETRIEVAL_FILE, retrieval_record
 
     chunks = read_jsonl(run.chunks_path)
     if chunks:
@@ -245,7 +246,7 @@ def _verify(run: Run, trainer: Trainer, merged: Path, f16: Path, model_path: Pat
     """Greedy tokens of the GGUF files against the merged model on prompts from the test split."""
     from transformers import AutoTokenizer
 
-    from .batching import ensure_chat_template, prompt_ids
+    from valign_edge.training.batching import ensure_chat_template, prompt_ids
 
     tok = AutoTokenizer.from_pretrained(str(merged))
     ensure_chat_template(tok)
@@ -265,7 +266,7 @@ def _verify(run: Run, trainer: Trainer, merged: Path, f16: Path, model_path: Pat
                                                                        lora=adapter))
     report["answers"] = [tok.decode(t) for t in reference]
     if f16_agree["exact"] < f16_agree["prompts"] and importlib.util.find_spec("torch") is not None:
-        from .backends.hf import logit_gap
+        from valign_edge.backends.hf import logit_gap
 
         report["f16_partings"] = near_ties(reference, f16_out, prompts, tok.eos_token_id,
                                            lambda ids, a, b: logit_gap(merged, ids, a, b))

@@ -14,8 +14,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterable
 
-from .errors import UserError
-
+from valign_edge.errors import UserError
 
 MB = 2**20
 JSONL_LIMIT = 1024 * MB  # a run's data files; far above any real run's, short of filling memory

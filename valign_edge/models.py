@@ -8,7 +8,7 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import UserError
+from valign_edge.errors import UserError
 
 CATALOG_PATH = Path(__file__).resolve().parent.parent / "models" / "catalog.toml"
 CACHE_DIR = Path.home() / ".cache" / "valign-edge"
@@ -73,8 +73,8 @@ def check_gguf(path: Path) -> None:
 def resolve(spec: str, role: str = "model") -> ModelRef:
     """A preset name, a GGUF in a local store (``stores``), a GGUF file or an HF folder (with config.json
     and safetensors) -> ModelRef."""
-    from . import stores
-    from .backends import openai_teacher
+    from valign_edge import stores
+    from valign_edge.backends import openai_teacher
 
     if openai_teacher.is_server(spec):  # http://HOST:PORT/v1: loopback only unless --allow-remote
         url = openai_teacher.server_url(spec, role)
@@ -129,7 +129,7 @@ def _check_causal_lm(folder: Path, role: str) -> None:
 
 def model_id(ref: ModelRef) -> str:
     """Identify weights without hashing gigabytes: catalog hash, else name + size + mtime."""
-    from .workspace import hash_obj
+    from valign_edge.runs.workspace import hash_obj
 
     if ref.kind == "server":  # the model's name is in the generate settings (generate.teacher_model)
         return hash_obj(["server", ref.preset["url"]])

@@ -4,21 +4,21 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .config import RunConfig
-from .events import Callback
+from valign_edge.config import RunConfig
+from valign_edge.events import Callback
 
 
 def run_all(run, cfg: RunConfig, emit: Callback, doc: str | Path | None = None, evaluate: bool = False,
             should_stop=lambda: False) -> dict:
-    from .export import export
-    from .generate import generate
-    from .train import train
+    from valign_edge.export import export
+    from valign_edge.generation.generate import generate
+    from valign_edge.training.train import train
 
     generate(run, cfg, emit, doc=doc, should_stop=should_stop)
     train(run, cfg, emit, should_stop=should_stop)
     info = export(run, cfg, emit)
     if evaluate:
-        from .evaluate import evaluate as run_eval
+        from valign_edge.evaluation.evaluate import evaluate as run_eval
 
         run_eval(run, cfg, emit)
     return info

@@ -21,7 +21,7 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import UserError
+from valign_edge.errors import UserError
 
 PREFIXES = ("ollama:", "lmstudio:", "hf:")
 # llama.cpp's LLAMA_FTYPE_* (general.file_type).

@@ -9,15 +9,15 @@ from textual.app import ComposeResult
 from textual.screen import Screen
 from textual.widgets import Footer, Header
 
-from ..state import JobState
-from ..widgets.nav import NavBar
+from valign_edge.tui.state import JobState
+from valign_edge.tui.widgets.nav import NavBar
 
 
 class Controls(Protocol):
     """What a screen may ask of the app (``tui.app.ValignApp`` provides it). A protocol, so that screens
     never import the app that imports them: the screens sit below the app, not beside it."""
 
-    active_run: Any  # valign_edge.workspace.Run or None
+    active_run: Any  # valign_edge.runs.workspace.Run or None
     cfg: Any  # valign_edge.config.RunConfig or None
     job: JobState
 

@@ -13,9 +13,9 @@ from textual.containers import Horizontal, VerticalScroll
 from textual.message import Message
 from textual.widgets import Input, Label, Static, Switch
 
-from ..errors import error_text
-from ..state import display_path
-from .base import ValignScreen
+from valign_edge.tui.errors import error_text
+from valign_edge.tui.screens.base import ValignScreen
+from valign_edge.tui.state import display_path
 
 PANES = (("aligned", False), ("vanilla", True))
 

@@ -16,8 +16,8 @@ from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, VerticalScroll
 from textual.widgets import DataTable, Select, Static
 
-from .. import state
-from .base import ValignScreen
+from valign_edge.tui import state
+from valign_edge.tui.screens.base import ValignScreen
 
 ALL_CHUNKS = "__all__"
 CONTEXT_CHARS = 160
@@ -236,7 +236,7 @@ class DataScreen(ValignScreen):
     @work(thread=True, group="decisions", exit_on_error=False)
     def _apply_decision(self, run, cfg, rid: str, action: str, fields: dict | None) -> None:
         """Record the decision and rebuild the splits off the UI thread (seconds on a large run)."""
-        from valign_edge.generate import add_edit, rebuild_splits
+        from valign_edge.generation.generate import add_edit, rebuild_splits
 
         try:
             with self._decisions, run.lock():
@@ -268,7 +268,7 @@ class DataScreen(ValignScreen):
         self._decide("restore")
 
     def action_edit(self) -> None:
-        from .dialogs import EditRecord
+        from valign_edge.tui.screens.dialogs import EditRecord
 
         row = self.current_row()
         if row is None:

@@ -15,10 +15,9 @@ from textual.containers import Horizontal, VerticalScroll
 from textual.widgets import Button, DataTable, ProgressBar, Static
 
 from valign_edge.events import Event
-
-from .. import state
-from ..widgets.charts import BarChart
-from .base import ValignScreen
+from valign_edge.tui import state
+from valign_edge.tui.screens.base import ValignScreen
+from valign_edge.tui.widgets.charts import BarChart
 
 HELD_OUT_TITLE = "held-out: generator-made sanity check"
 
@@ -137,7 +136,7 @@ class EvalScreen(ValignScreen):
         self._draw_status()
 
     def _draw_notes(self) -> None:
-        from valign_edge.eval_evidence import summary_line
+        from valign_edge.evaluation.evidence import summary_line
 
         report = self.report or {}
         lines = []
@@ -189,7 +188,7 @@ class EvalScreen(ValignScreen):
         if run is None:
             return ""
         if run.root not in self._shipped:
-            from valign_edge.eval_probes import shipped_probe_for_run
+            from valign_edge.evaluation.probes import shipped_probe_for_run
 
             self._shipped[run.root] = shipped_probe_for_run(run)
         found = self._shipped[run.root]
@@ -232,9 +231,8 @@ class EvalScreen(ValignScreen):
         if app.active_run is None or app.cfg is None or app.job.job is not None:
             return
         from valign_edge.errors import UserError
-        from valign_edge.eval_probes import load_probe
-
-        from .dialogs import PathPicker
+        from valign_edge.evaluation.probes import load_probe
+        from valign_edge.tui.screens.dialogs import PathPicker
 
         def picked(path: Path | None) -> None:
             if path is None:

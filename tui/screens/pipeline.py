@@ -12,11 +12,10 @@ from textual.containers import Horizontal, Vertical
 from textual.widgets import Button, ProgressBar, RichLog, Static
 
 from valign_edge.events import Event
-
-from ..state import STAGE_TITLES, display_path
-from ..widgets.charts import LineChart
-from ..widgets.stages import StageList
-from .base import ValignScreen
+from valign_edge.tui.screens.base import ValignScreen
+from valign_edge.tui.state import STAGE_TITLES, display_path
+from valign_edge.tui.widgets.charts import LineChart
+from valign_edge.tui.widgets.stages import StageList
 
 
 class PipelineScreen(ValignScreen):
@@ -100,7 +99,7 @@ class PipelineScreen(ValignScreen):
             bar.update(total=None)
 
     def _draw_privacy(self) -> None:
-        from ..privacy import where_text_goes
+        from valign_edge.tui.privacy import where_text_goes
 
         cfg = self.valign.cfg
         text = where_text_goes(cfg.teacher, cfg.eval.judge) if self.valign.active_run and cfg else None

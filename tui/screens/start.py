@@ -12,9 +12,9 @@ from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.widgets import Button, Input, Label, Select, Static
 
-from ..errors import error_text
-from ..state import display_path
-from .base import ValignScreen
+from valign_edge.tui.errors import error_text
+from valign_edge.tui.screens.base import ValignScreen
+from valign_edge.tui.state import display_path
 
 # Key settings on the form: (config key, label, field width).
 SETTINGS = (
@@ -164,8 +164,7 @@ class StartScreen(ValignScreen):
     def _show_privacy(self, _event=None) -> None:
         """Say plainly where the document's text goes when the teacher or the judge is a server."""
         from valign_edge.config import parse_set
-
-        from ..privacy import where_text_goes
+        from valign_edge.tui.privacy import where_text_goes
 
         teacher = self.query_one("#teacher-path", Input).value.strip() or str(self.query_one("#teacher", Select).value)
         try:
@@ -291,8 +290,8 @@ class StartScreen(ValignScreen):
 
     @work(thread=True, exclusive=True, group="preview", exit_on_error=False)
     def load_preview(self, path: str, chunk_tokens: int, chunk_overlap: int) -> None:
-        from valign_edge.chunking import approx_tokens, chunk_text
-        from valign_edge.ingest import read_document
+        from valign_edge.documents.chunking import approx_tokens, chunk_text
+        from valign_edge.documents.ingest import read_document
 
         if not path:
             self.app.call_later(self._show_preview, "", Text("Choose a document to see how it will be "
@@ -329,7 +328,7 @@ class StartScreen(ValignScreen):
 
     @on(Button.Pressed, "#browse")
     def action_browse(self) -> None:
-        from .dialogs import PathPicker
+        from valign_edge.tui.screens.dialogs import PathPicker
 
         def picked(path: Path | None) -> None:
             if path is not None:

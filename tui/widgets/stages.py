@@ -6,7 +6,7 @@ from rich.table import Table
 from rich.text import Text
 from textual.widgets import Static
 
-from ..state import STAGE_TITLES, JobState
+from valign_edge.tui.state import STAGE_TITLES, JobState
 
 MARKS = {
     "pending": ("·", "dim"),
