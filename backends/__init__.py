@@ -20,12 +20,22 @@ from valign_edge.events import Callback
 
 
 class Teacher(Protocol):
-    """A chat model that writes the synthetic data (``llama_cpp.LlamaTeacher``)."""
+    """A chat model that writes the synthetic data (``llama_cpp.LlamaTeacher``, ``openai_teacher.OpenAITeacher``)."""
+
+    parallel: bool  # takes calls from several threads at once (a server); an in-process model does not
 
     def generate(self, messages: list[dict], *, grammar: str | None = None, temperature: float = 0.0,
                  max_tokens: int = 256, seed: int | None = None) -> str: ...
 
     def count_tokens(self, text: str) -> int: ...
+
+    def reset(self) -> None:
+        """Forget cached state, so the next reply depends on its request only."""
+        ...
+
+    def stats(self) -> dict:
+        """What the teacher measured about itself (the generation report's ``teacher`` entry)."""
+        ...
 
 
 class Trainer(Protocol):

@@ -134,6 +134,8 @@ def _grammar(text: str):
 class LlamaTeacher:
     """A GGUF chat model as the ``Teacher``: grammar-constrained generation, token counting."""
 
+    parallel = False  # one llama.cpp context: calls from one thread at a time
+
     def __init__(self, path: str | Path, *, n_ctx: int = 2048, n_threads: int = 0, n_threads_batch: int = 0,
                  seed: int = 0):
         self.path = Path(path)

@@ -21,6 +21,8 @@ CHUNK_TEXT = ("## 4. Gifts\n\nYou must not accept gifts, meals or payments from 
 
 
 class FakeTeacher:
+    parallel = False
+
     def __init__(self, questions, opposite="You may accept gifts, meals or payments from suppliers."):
         self.questions = list(questions)  # successive outputs of question calls
         self.opposite = opposite
@@ -28,6 +30,9 @@ class FakeTeacher:
 
     def count_tokens(self, text):
         return len(text.split())
+
+    def reset(self):
+        pass
 
     def generate(self, messages, *, grammar=None, temperature=0.0, max_tokens=256, seed=None):
         prompt = messages[-1]["content"]

@@ -28,7 +28,7 @@ from valign_edge.files import atomic_write_text, note_written, read_jsonl, temp_
 from valign_edge.generation import datasets
 from valign_edge.runs.workspace import Run, hash_obj
 from valign_edge.training.batching import is_fallback_template
-from valign_edge.training.plan import STAGES, adapter_hash
+from valign_edge.training.plan import TRAINING_STAGES, adapter_hash
 
 LLAMA_CPP_VERSION = "0.3.36"
 
@@ -165,7 +165,7 @@ def export(run: Run, cfg: RunConfig, emit: Callback) -> dict:
     choice = choose_backend(cfg.train.backend, cfg.train.device)
     trainer = load_trainer(choice, cfg)
     base_dir = trainer.base_dir(emit)
-    adapters = [adapter_hash(run.adapter_dir(stage)) for stage in STAGES]
+    adapters = [adapter_hash(run.adapter_dir(stage)) for stage in TRAINING_STAGES]
     key = [adapters, vars(cfg.export), cfg.student, choice.name]
     if folder_template(base_dir) is None:  # a base student: both GGUFs carry the fallback template (with BOS)
         from valign_edge.training.batching import FALLBACK_CHAT_TEMPLATE

@@ -60,8 +60,11 @@ class _Replay:
         return self.teacher.generate(messages, grammar=grammar, temperature=temperature, max_tokens=max_tokens,
                                      seed=seed)
 
-    def __getattr__(self, name: str) -> Any:  # count_tokens, reset, stats: the teacher's own
-        return getattr(self.teacher, name)
+    def count_tokens(self, text: str) -> int:
+        return self.teacher.count_tokens(text)
+
+    def reset(self) -> None:
+        self.teacher.reset()
 
 
 class Prefetch:
@@ -73,7 +76,7 @@ class Prefetch:
 
     def __init__(self, synth: Any, teacher: Any, n: int, todo: list, needs: dict[str, tuple[bool, bool]]):
         self.synth, self.teacher, self.n, self.todo, self.needs = synth, teacher, n, todo, needs
-        self.on = n > 1 and bool(getattr(teacher, "parallel", False)) and len(todo) > 1
+        self.on = n > 1 and teacher.parallel and len(todo) > 1
         self.running: dict[str, tuple[Future, _Recorder]] = {}
         self.next = 0
         self.stop = threading.Event()

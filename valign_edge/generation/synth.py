@@ -194,7 +194,6 @@ def synthesize(run: Run, chunks: list[Chunk], teacher: Teacher, cfg: GenerateCon
     records = sum(len(r["items"]) for r in sft_done.values()) + sum(len(r["items"]) for r in dpo_done.values())
     # Each record is computed from an empty KV cache: with prefix reuse across records, a resumed run
     # (fresh cache) got slightly different logits and could pick other answers than an uninterrupted one.
-    reset = getattr(teacher, "reset", lambda: None)
     # generate.concurrency: chunks run ahead through a server teacher, and are still written here in order.
     needs = {c.id: (c.id not in sft_done, c.id not in dpo_done) for c in todo}
     with Prefetch(synth, teacher, cfg.concurrency, todo, needs) as ahead:
@@ -203,13 +202,13 @@ def synthesize(run: Run, chunks: list[Chunk], teacher: Teacher, cfg: GenerateCon
                 raise Cancelled("generation cancelled")
             synth.teacher = ahead.teacher_for(chunk)
             if chunk.id not in sft_done:
-                reset()
+                teacher.reset()
                 rec = synth.sft_for_chunk(chunk) | {"key": key}
                 append_jsonl(sft_path, rec)
                 sft_done[chunk.id] = rec
                 records += len(rec["items"])
             if chunk.id not in dpo_done:
-                reset()
+                teacher.reset()
                 rec = synth.dpo_for_chunk(chunk) | {"key": key}
                 append_jsonl(dpo_path, rec)
                 dpo_done[chunk.id] = rec

@@ -19,7 +19,7 @@ from valign_edge.generation import datasets
 from valign_edge.runs.workspace import Run, hash_file, hash_obj
 from valign_edge.training import batching
 
-STAGES = ("sft", "dpo")
+TRAINING_STAGES = ("sft", "dpo")  # the training stages, in order (run folder stages: train_sft, train_dpo)
 
 
 def adapter_hash(folder: Path) -> str:

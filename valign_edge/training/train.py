@@ -15,7 +15,7 @@ from valign_edge.generation import datasets
 from valign_edge.generation.generate import save_config
 from valign_edge.runs.workspace import Run, available_memory_bytes, require_free_disk
 from valign_edge.training import plan as trainplan
-from valign_edge.training.plan import STAGES
+from valign_edge.training.plan import TRAINING_STAGES
 
 
 def training_memory_bytes(base: Path, tc, micro_batching: bool = True) -> int:
@@ -55,7 +55,7 @@ def check_resources(run: Run, base: Path, cfg: RunConfig, trainer: Trainer, proc
 
 def train(run: Run, cfg: RunConfig, emit: Callback, should_stop=lambda: False) -> dict:
     """SFT then DPO; each stage is skipped when its key (``trainplan.stage_key``) is unchanged."""
-    for stage in STAGES:
+    for stage in TRAINING_STAGES:
         trainplan.data_hash(run, stage)  # both datasets exist before anything trains
     datasets.validate(run)  # a bad row is FILE:LINE before any stage starts, never skipped
     choice = choose_backend(cfg.train.backend, cfg.train.device)
@@ -96,7 +96,7 @@ def train(run: Run, cfg: RunConfig, emit: Callback, should_stop=lambda: False) -
 
 def _stages(run: Run, cfg: RunConfig, emit: Callback, should_stop, choice, precision: str, world: int,
             trainer, groups: list) -> None:
-    for stage in STAGES:
+    for stage in TRAINING_STAGES:
         name = f"train_{stage}"
         # DPO's key holds the SFT adapter's hash: computed once SFT is done.
         key = trainplan.stage_key(run, cfg, stage, choice.name, precision)
