@@ -11,7 +11,7 @@ the same sequences, batches, learning rates and clipping:
 - AdamW with bias correction and gradient clipping at 1.0 (as torch), the warm-up + cosine
   rate set before each step;
 - DPO: mlx-lm has none. The loss is DPO's ``-log sigmoid(beta * margin)`` over per-sequence
-  reply log-probs, with the reference log-probs computed once from the SFT model (the policy's
+  reply log-probs (``valign_edge/training/preference.py``, the same function the torch backend calls), with the reference log-probs computed once from the SFT model (the policy's
   starting point), so no second model is held in memory; its statistics come back from the
   compiled step beside the loss;
 - checkpoints (adapter + optimizer state, safetensors + JSON) for resume and cancellation;
@@ -43,6 +43,7 @@ from valign_edge.runs.workspace import Run, peak_rss_mb
 from valign_edge.training import batching
 from valign_edge.training import plan as trainplan
 from valign_edge.training.plan import StagePlan
+from valign_edge.training.preference import dpo_loss
 
 __all__ = ["MLXTrainer", "model_config_overrides"]
 
@@ -288,11 +289,8 @@ class MLXTrainer:
 
         def loss_fn(model, ids, positions, rows, reference):
             policy = reply_logps(model, ids, positions, rows).reshape(-1, 2)
-            margin = (policy[:, 0] - reference[:, 0]) - (policy[:, 1] - reference[:, 1])
-            loss = -nn.log_sigmoid(beta * margin).mean()
-            if sft_weight:  # RPO: keep the chosen answers likely, not only likelier than the rejected
-                lengths = rows.sum(axis=1).reshape(-1, 2)[:, 0]
-                loss = loss - sft_weight * (policy[:, 0] / lengths).mean()
+            lengths = rows.sum(axis=1).reshape(-1, 2)[:, 0]
+            loss, margin = dpo_loss(policy, reference, beta, nn.log_sigmoid, sft_weight, lengths)
             return loss, mx.stack([(margin > 0).astype(mx.float32).mean(), beta * margin.mean()])
 
         result = self._loop("train_dpo", model, plan, make_batch, loss_fn, out, emit, should_stop,

@@ -23,6 +23,7 @@ from valign_edge.runs.workspace import Run, peak_rss_mb
 from valign_edge.training import batching
 from valign_edge.training import plan as trainplan
 from valign_edge.training.plan import StagePlan
+from valign_edge.training.preference import dpo_loss
 
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -353,11 +354,8 @@ class TorchTrainer:
         def step_fn(batch: list[int]):
             policy, n_tokens = logps(batch)
             reference = ref[batch].to(policy.device)
-            margin = (policy[:, 0] - reference[:, 0]) - (policy[:, 1] - reference[:, 1])
-            loss = -F.logsigmoid(beta * margin).mean()
-            if tc.dpo_sft_weight:  # RPO: keep the chosen answers likely, not only likelier than the rejected
-                lengths = torch.tensor([len(pairs[i].chosen) for i in batch], device=policy.device)
-                loss = loss - tc.dpo_sft_weight * (policy[:, 0] / lengths).mean()
+            lengths = torch.tensor([len(pairs[i].chosen) for i in batch], device=policy.device)
+            loss, margin = dpo_loss(policy, reference, beta, F.logsigmoid, tc.dpo_sft_weight, lengths)
             accuracy = (margin > 0).float().mean().item()
             return loss, n_tokens, {"reward_accuracy": accuracy, "margin": beta * margin.mean().item()}, len(batch)
 

@@ -121,13 +121,15 @@ LAYERS = [
 ]
 # Imports against the flow, each for a reason; the test fails when one goes away too, so this list stays true.
 AGAINST_THE_FLOW = {
-    # the trainers execute training's plan, and every engine encodes with the one chat template
+    # the trainers execute training's plan with its loss, and every engine encodes with the one chat template
     ("valign_edge.backends.hf", "valign_edge.training.batching"),
     ("valign_edge.backends.llama_cpp", "valign_edge.training.batching"),
     ("valign_edge.backends.mlx_trainer", "valign_edge.training.batching"),
     ("valign_edge.backends.mlx_trainer", "valign_edge.training.plan"),
+    ("valign_edge.backends.mlx_trainer", "valign_edge.training.preference"),
     ("valign_edge.backends.torch_trainer", "valign_edge.training.batching"),
     ("valign_edge.backends.torch_trainer", "valign_edge.training.plan"),
+    ("valign_edge.backends.torch_trainer", "valign_edge.training.preference"),
     # a model given as a server's address is checked by the engine that talks to servers
     ("valign_edge.models", "valign_edge.backends.openai_teacher"),
     # a model's identity is hashed the way the run folder hashes everything

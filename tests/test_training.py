@@ -202,3 +202,22 @@ def test_converting_a_gguf_student_prints_no_progress_bar(tmp_path, teacher_gguf
     assert (folder / "config.json").exists() and folder.parent == tmp_path / "students"
     err = capfd.readouterr().err
     assert "de-quantizing" not in err and "it/s" not in err, err[-500:]
+
+
+def test_the_preference_loss_is_dpo_with_the_rpo_term():
+    """The one loss both trainers call: -log sigmoid(beta * margin), minus the chosen replies' mean
+    per-token log-probability times dpo_sft_weight."""
+    import math
+
+    import torch.nn.functional as F
+
+    from valign_edge.training.preference import dpo_loss
+
+    policy = torch.tensor([[-10.0, -14.0], [-8.0, -6.0]])  # chosen, rejected
+    reference = torch.tensor([[-11.0, -12.0], [-8.0, -7.0]])
+    loss, margin = dpo_loss(policy, reference, 0.5, F.logsigmoid)
+    assert margin.tolist() == [3.0, -1.0]  # (-10+11) - (-14+12); (-8+8) - (-6+7)
+    expected = -(math.log(1 / (1 + math.exp(-1.5))) + math.log(1 / (1 + math.exp(0.5)))) / 2
+    assert loss.item() == pytest.approx(expected, rel=1e-6)
+    rpo, _ = dpo_loss(policy, reference, 0.5, F.logsigmoid, 0.2, torch.tensor([5.0, 4.0]))
+    assert rpo.item() == pytest.approx(expected - 0.2 * (-10 / 5 - 8 / 4) / 2, rel=1e-6)
