@@ -42,7 +42,8 @@ def questions_grammar(n: int) -> str:
     return f'root ::= "{{" ws "\\"questions\\"" ws ":" ws "[" ws {items} ws "]" ws "}}"\n' + QUESTION
 
 
-def _literal(text: str) -> str:
+def gbnf_literal(text: str) -> str:
+    """``text`` as a GBNF string literal (one line)."""
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", " ") + '"'
 
 
@@ -55,8 +56,8 @@ class Choice(str):
 
 def choice_grammar(options: list[str]) -> str:
     """Exactly one of ``options``, verbatim: the teacher picks, it cannot invent."""
-    grammar = Choice("root ::= " + " | ".join(_literal(o) for o in options) + "\n")
-    grammar.options = tuple(o.replace("\n", " ") for o in options)  # what _literal makes of them
+    grammar = Choice("root ::= " + " | ".join(gbnf_literal(o) for o in options) + "\n")
+    grammar.options = tuple(o.replace("\n", " ") for o in options)  # what gbnf_literal makes of them
     return grammar
 
 

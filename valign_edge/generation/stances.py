@@ -19,7 +19,7 @@ from __future__ import annotations
 import re
 
 from valign_edge.backends import Teacher
-from valign_edge.backends.llama_cpp import _literal
+from valign_edge.backends.llama_cpp import gbnf_literal
 from valign_edge.config import GenerateConfig
 from valign_edge.documents.chunking import Chunk
 from valign_edge.generation import filters
@@ -138,7 +138,7 @@ def answer_against(teacher: Teacher, question: str, seed: int, head: str = "") -
 
 def _continue(teacher: Teacher, system: str, question: str, seed: int, head: str = "") -> str | None:
     """One sentence of the teacher's answer to ``question`` under ``system``, after the forced ``head``."""
-    root = f"root ::= {_literal(head + ' ')} sent" if head else "root ::= sent"
+    root = f"root ::= {gbnf_literal(head + ' ')} sent" if head else "root ::= sent"
     text = teacher.generate([{"role": "system", "content": system},
                              {"role": "user", "content": question}],
                             grammar=f"{root}\n{SENTENCE}\n", temperature=0.7, max_tokens=64, seed=seed).strip()
