@@ -43,11 +43,11 @@ def test_likeliest_first_grammar_sampling_makes_the_same_text(teacher_gguf):
     """backends/llama_grammar: the same replies as llama-cpp-python's own chain (grammar over the whole
     vocabulary), sampled and greedy, for the three kinds of grammar generation uses."""
     from valign_edge.backends import llama_grammar
-    from valign_edge.backends.llama_cpp import FREE_TEXT, _literal, questions_grammar
+    from valign_edge.backends.llama_cpp import FREE_TEXT, gbnf_literal, questions_grammar
     from valign_edge.generation.stances import SENTENCE
 
     teacher = LlamaTeacher(teacher_gguf, n_ctx=1024)
-    against = _literal("Yes, you can. ")
+    against = gbnf_literal("Yes, you can. ")
     calls = [(messages("questions", CHUNK, k=3), questions_grammar(3), 0.9),
              (messages("answer", CHUNK, question=QUESTIONS[0]), FREE_TEXT, 0.0),
              ([{"role": "user", "content": QUESTIONS[0]}], f"root ::= {against} sent\n{SENTENCE}\n", 0.7)]
