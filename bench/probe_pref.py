@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from valign_edge.config import resolve  # noqa: E402
+from valign_edge.config import resolve_config  # noqa: E402
 from valign_edge.cpu import auto_threads  # noqa: E402
 from valign_edge.evaluation import metrics  # noqa: E402
 from valign_edge.evaluation.answers import (
@@ -43,7 +43,7 @@ def main() -> int:
     ap.add_argument("--no-pref", action="store_true", help="skip the preference rows")
     args = ap.parse_args()
     run = Run(Path(args.run))
-    cfg = copy.deepcopy(resolve(run.config_path))
+    cfg = copy.deepcopy(resolve_config(run.config_path))
     cfg.eval.systems = args.systems
     systems = find_systems(run, cfg, null_callback)
     ctx = Context(run, cfg, null_callback, systems, threads=auto_threads(0, 0))

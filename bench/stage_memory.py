@@ -21,7 +21,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 from conftest import copy_run  # noqa: E402
 
 from valign_edge.backends import choose_backend, load_trainer  # noqa: E402
-from valign_edge.config import parse_set, resolve, set_value  # noqa: E402
+from valign_edge.config import parse_set, resolve_config, set_value  # noqa: E402
 from valign_edge.runs.workspace import Run  # noqa: E402
 
 
@@ -46,7 +46,7 @@ def main() -> int:
     args = ap.parse_args()
     if not args.copy.exists():
         copy_run(args.run, args.copy, before=f"train_{args.stage}")
-    cfg = resolve(args.copy / "config.toml")
+    cfg = resolve_config(args.copy / "config.toml")
     for key, value in parse_set(args.set).items():
         set_value(cfg, key, value)
     trainer = load_trainer(choose_backend(cfg.train.backend, cfg.train.device), cfg)

@@ -8,7 +8,7 @@ from valign_edge.errors import UserError
 def test_defaults_then_preset_then_file_then_flags(tmp_path):
     f = tmp_path / "c.toml"
     f.write_text('[generate]\nquestions_per_chunk = 5\nmax_chunks = 9\n[train]\nlora_rank = 4\n')
-    cfg = config.resolve(None, "quick", f, {"generate.max_chunks": "2"})
+    cfg = config.resolve_config(None, "quick", f, {"generate.max_chunks": "2"})
     assert cfg.preset == "quick"
     assert cfg.generate.questions_per_chunk == 5  # file beats preset (quick sets 3)
     assert cfg.generate.max_chunks == 2  # flags beat the file
@@ -17,10 +17,10 @@ def test_defaults_then_preset_then_file_then_flags(tmp_path):
 
 
 def test_saved_run_config_round_trips(tmp_path):
-    cfg = config.resolve(None, "quick", None, {"seed": "7", "train.dpo_beta": "0.2"})
+    cfg = config.resolve_config(None, "quick", None, {"seed": "7", "train.dpo_beta": "0.2"})
     saved = tmp_path / "config.toml"
     saved.write_text(config.to_toml(cfg))
-    again = config.resolve(saved)
+    again = config.resolve_config(saved)
     assert again == cfg
 
 
@@ -39,19 +39,19 @@ def test_saved_run_config_round_trips(tmp_path):
 ])
 def test_bad_values_are_one_line_errors(key, value, message):
     with pytest.raises(UserError, match=message):
-        config.resolve(None, None, None, {key: value})
+        config.resolve_config(None, None, None, {key: value})
 
 
 def test_unknown_preset():
     with pytest.raises(UserError, match="unknown preset"):
-        config.resolve(None, "turbo")
+        config.resolve_config(None, "turbo")
 
 
 def test_invalid_toml(tmp_path):
     f = tmp_path / "bad.toml"
     f.write_text("[generate\n")
     with pytest.raises(UserError, match="not valid TOML"):
-        config.resolve(None, None, f)
+        config.resolve_config(None, None, f)
 
 
 def test_parse_set():
@@ -72,12 +72,12 @@ def test_saved_student_changes_only_once_training_checked_it(tmp_path):
 
     run = Run.open(tmp_path / "run")
     save_config(run, RunConfig(student="good-student"))
-    assert config.resolve(run.config_path).student == "good-student"  # a new run takes it as given
+    assert config.resolve_config(run.config_path).student == "good-student"  # a new run takes it as given
     save_config(run, RunConfig(student="bad.gguf", seed=3))
-    saved = config.resolve(run.config_path)
+    saved = config.resolve_config(run.config_path)
     assert saved.student == "good-student" and saved.seed == 3
     save_config(run, RunConfig(student="other-student"), student_checked=True)
-    assert config.resolve(run.config_path).student == "other-student"
+    assert config.resolve_config(run.config_path).student == "other-student"
 
 
 def test_chat_answer_length_out_of_range_is_one_line(tmp_path):

@@ -126,7 +126,7 @@ def test_exported_gguf_answers_like_the_merged_model(quick_run):
     from valign_edge.training.batching import ensure_chat_template, prompt_ids
 
     out, _ = quick_run
-    cfg = config.resolve(saved=out / "config.toml")
+    cfg = config.resolve_config(saved=out / "config.toml")
     base = student_hf_dir(resolve(cfg.student, "student"))
     tok = AutoTokenizer.from_pretrained(str(base))
     ensure_chat_template(tok)

@@ -373,11 +373,11 @@ def test_eval_with_a_probe_end_to_end(finished_run, tmp_path):
     assert report["probes"][0]["name"] == "code_of_conduct" and report["probes"][0]["shipped"] is True
 
     # make demo's ending: vanilla vs aligned on the shipped probe through the same code, from the same caches
-    from valign_edge.config import resolve
+    from valign_edge.config import resolve_config
     from valign_edge.evaluation.demo import format_effect, measured_effect
 
     caches = {p: p.stat().st_size for p in (run / "eval").rglob("*.jsonl")}
-    effect = measured_effect(Run(run), resolve(run / "config.toml"))
+    effect = measured_effect(Run(run), resolve_config(run / "config.toml"))
     assert {p: p.stat().st_size for p in (run / "eval").rglob("*.jsonl")} == caches  # nothing recomputed
     section = report["probes"][0]
     for name in ("vanilla", "dpo"):

@@ -10,7 +10,7 @@ import json
 import pytest
 from conftest import copy_run, valign
 
-from valign_edge.config import RunConfig, TrainConfig, resolve
+from valign_edge.config import RunConfig, TrainConfig, resolve_config
 from valign_edge.files import write_jsonl
 from valign_edge.runs.workspace import Run
 from valign_edge.training.plan import stage_key
@@ -89,7 +89,7 @@ def test_settings_that_do_not_change_results_rerun_nothing(finished_run, tmp_pat
     for stage in STAGES:
         assert after[stage]["key"] == before[stage]["key"], stage
         assert after[stage]["finished"] == before[stage]["finished"], f"{stage} ran again"
-    saved = resolve(run / "config.toml").train  # the new settings were taken, and kept
+    saved = resolve_config(run / "config.toml").train  # the new settings were taken, and kept
     assert (saved.threads, saved.micro_batch_tokens, saved.checkpoint_every) == (2, 128, 7)
 
 
@@ -105,4 +105,4 @@ def test_a_new_dpo_beta_reruns_dpo_and_export_only(finished_run, tmp_path):
         assert after[stage]["status"] == "done"
     assert (run / "adapters" / "sft" / "adapter_model.safetensors").read_bytes() == sft_adapter
     assert json.loads((run / "adapters" / "dpo" / "training.json").read_text())["beta"] == pytest.approx(0.3)
-    assert resolve(run / "config.toml").train.dpo_beta == pytest.approx(0.3)  # the old name, in the saved file
+    assert resolve_config(run / "config.toml").train.dpo_beta == pytest.approx(0.3)  # the old name, in the saved file

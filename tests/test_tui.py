@@ -95,7 +95,7 @@ def build_sample_run(root: Path) -> Path:
     from valign_edge.runs.workspace import Run
 
     run = Run.open(root, create=True)
-    cfg = config.resolve(preset="quick")
+    cfg = config.resolve_config(preset="quick")
     save_config(run, cfg)
     text = read_document(SAMPLE_DOC).text
     atomic_write_text(run.document_path, text)
@@ -526,7 +526,7 @@ def test_start_screen_fills_the_form_from_an_opened_run(sample_copy):
 
     from valign_edge import config
 
-    cfg = config.resolve(saved=sample_copy / "config.toml", overrides={"train.max_steps": 7})
+    cfg = config.resolve_config(saved=sample_copy / "config.toml", overrides={"train.max_steps": 7})
     (sample_copy / "config.toml").write_text(config.to_toml(cfg))
 
     async def go():

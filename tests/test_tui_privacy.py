@@ -89,11 +89,11 @@ def test_start_screen_says_where_the_text_goes_with_allow_remote(in_tmp, remote_
 
 
 def test_pipeline_screen_names_the_remote_teacher_of_an_opened_run(in_tmp, remote_allowed):
-    from valign_edge.config import resolve, to_toml
+    from valign_edge.config import resolve_config, to_toml
     from valign_edge.runs.workspace import Run
 
     run = Run.open(in_tmp / "remote-run")
-    cfg = resolve(overrides={"teacher": REMOTE, "eval.judge": "http://localhost:9000/v1"})
+    cfg = resolve_config(overrides={"teacher": REMOTE, "eval.judge": "http://localhost:9000/v1"})
     run.config_path.write_text(to_toml(cfg))
 
     async def go():

@@ -156,7 +156,7 @@ class ValignApp(App):
             return False
         try:
             run = Run.open(Path(path), create=False)
-            cfg = config.resolve(saved=run.config_path)
+            cfg = config.resolve_config(saved=run.config_path)
         except Exception as exc:  # noqa: BLE001 - every failure becomes a message
             self.show_error(exc, "Cannot open run")
             return False
@@ -178,7 +178,7 @@ class ValignApp(App):
         try:
             text = read_document(doc).text  # refuse bad input before touching the run folder, like the CLI
             saved = Path(run_dir) / "config.toml"
-            cfg = config.resolve(saved=saved if saved.exists() else None, preset=preset, overrides=overrides)
+            cfg = config.resolve_config(saved=saved if saved.exists() else None, preset=preset, overrides=overrides)
             models.resolve(cfg.teacher, "teacher")  # a server off this machine is refused before the folder
             run = Run.open(Path(run_dir), create=True)
             check_document(run, text, replace=False)  # another document never overwrites a run's data

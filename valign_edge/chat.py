@@ -39,7 +39,7 @@ def _rag_index(run_dir: Path | None):
         raise UserError("--rag needs a run folder or an export folder (it retrieves from the document)")
     if not (run_dir / "manifest.json").exists():
         return _export_index(run_dir)
-    from valign_edge.config import resolve
+    from valign_edge.config import resolve_config
     from valign_edge.documents.retrieval import make_index
     from valign_edge.files import read_jsonl
     from valign_edge.runs.workspace import Run
@@ -53,7 +53,7 @@ def _rag_index(run_dir: Path | None):
     chunks = read_jsonl(run.chunks_path)
     if not _all_text(chunks):
         raise UserError(f"{run.chunks_path}: every chunk needs its \"text\"; run generate again to rewrite it")
-    kind = resolve(run.config_path).eval.retriever if run.config_path.exists() else "dense"
+    kind = resolve_config(run.config_path).eval.retriever if run.config_path.exists() else "dense"
     return make_index(chunks, kind)
 
 

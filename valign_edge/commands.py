@@ -23,7 +23,7 @@ def _resolve_config(args: argparse.Namespace, run_dir: Path | None):
             overrides[key] = getattr(args, flag)
     # Only a run's own config.toml: a folder that is not a run may hold an unrelated one.
     saved = run_dir / "config.toml" if run_dir and (run_dir / "manifest.json").exists() else None
-    return config.resolve(saved, args.preset, args.config, overrides)
+    return config.resolve_config(saved, args.preset, args.config, overrides)
 
 
 def _emitter(run=None, quiet: bool = False):

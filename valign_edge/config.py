@@ -275,7 +275,7 @@ def load_toml(path: Path) -> dict:
         raise UserError(f"config file {path} is not valid TOML: {exc}; fix the line it names") from None
 
 
-def resolve(saved: Path | None = None, preset: str | None = None, config_file: Path | None = None,
+def resolve_config(saved: Path | None = None, preset: str | None = None, config_file: Path | None = None,
             overrides: dict[str, Any] | None = None) -> RunConfig:
     cfg = RunConfig()
     if saved is not None and saved.exists():

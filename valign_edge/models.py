@@ -80,7 +80,7 @@ def resolve(spec: str, role: str = "model") -> ModelRef:
         url = openai_teacher.server_url(spec, role)
         return ModelRef(url, Path(os.devnull), "server", {"url": url})
     if stores.is_store_name(spec):  # ollama:NAME:TAG, lmstudio:..., hf:...: a GGUF read in place
-        path = stores.resolve(spec, role)
+        path = stores.find_gguf(spec, role)
         check_gguf(path)
         return ModelRef(spec, path, "gguf")
     entries = catalog()

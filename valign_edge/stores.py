@@ -268,7 +268,7 @@ def is_store_name(spec: str) -> bool:
     return spec.startswith(PREFIXES)
 
 
-def resolve(spec: str, role: str = "model") -> Path:
+def find_gguf(spec: str, role: str = "model") -> Path:
     """``ollama:NAME[:TAG]``, ``lmstudio:...`` or ``hf:...`` -> the GGUF file (read in place)."""
     store = spec.split(":", 1)[0]
     finder = {"ollama": ollama_models, "lmstudio": lmstudio_models, "hf": hf_models}[store]

@@ -232,19 +232,19 @@ class StartScreen(ValignScreen):
         self._apply_preset(str(event.value))
 
     def _apply_preset(self, preset: str) -> None:
-        from valign_edge.config import resolve
+        from valign_edge.config import resolve_config
 
         self._shown_preset = preset
-        cfg = resolve(preset=preset)
+        cfg = resolve_config(preset=preset)
         for key, _ in SETTINGS:
             self.query_one("#" + _field_id(key), Input).value = f"{_get(cfg, key):g}"
 
     def overrides(self) -> dict[str, Any]:
         """The settings on the form that differ from the chosen preset, as config overrides."""
-        from valign_edge.config import parse_set, resolve
+        from valign_edge.config import parse_set, resolve_config
 
         preset = str(self.query_one("#preset", Select).value)
-        base = resolve(preset=preset)
+        base = resolve_config(preset=preset)
         out: dict[str, Any] = {}
         for role in ("teacher", "student"):
             path = self.query_one(f"#{role}-path", Input).value.strip()
@@ -279,13 +279,13 @@ class StartScreen(ValignScreen):
 
     def _chunk_settings(self) -> tuple[int, int]:
         """Chunk size and overlap as the form configures them (preset and extra settings)."""
-        from valign_edge.config import resolve
+        from valign_edge.config import resolve_config
 
         try:
-            gen = resolve(preset=str(self.query_one("#preset", Select).value), overrides={
+            gen = resolve_config(preset=str(self.query_one("#preset", Select).value), overrides={
                 k: v for k, v in self.overrides().items() if k.startswith("generate.chunk_")}).generate
         except Exception:  # noqa: BLE001 - a bad setting is reported when the run starts
-            gen = resolve().generate
+            gen = resolve_config().generate
         return gen.chunk_tokens, gen.chunk_overlap
 
     @work(thread=True, exclusive=True, group="preview", exit_on_error=False)

@@ -26,10 +26,10 @@ def save_config(run: Run, cfg: RunConfig, student_checked: bool = False) -> None
     if not student_checked and run.config_path.exists():
         from dataclasses import replace
 
-        from valign_edge.config import resolve
+        from valign_edge.config import resolve_config
 
         try:
-            cfg = replace(cfg, student=resolve(run.config_path).student)
+            cfg = replace(cfg, student=resolve_config(run.config_path).student)
         except UserError:
             pass  # an unreadable saved config is replaced whole
     atomic_write_text(run.config_path, to_toml(cfg))
