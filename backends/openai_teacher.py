@@ -4,7 +4,7 @@ Standard library only (``http.client``: no proxy settings are read, no redirect 
 
 Privacy first: a URL whose host is not a loopback address is refused before any connection (and
 without a DNS query: only ``localhost`` and literal loopback addresses count) unless the user allowed
-remote servers (``--allow-remote``, which sets ``REMOTE_ALLOWED``).
+remote servers: ``allow_remote``, which the caller passes in (the CLI's ``--allow-remote``, the app's).
 
 Structured output: the GBNF grammar goes in llama-server's ``grammar`` field (vLLM: its grammar
 fields); other servers get a JSON schema with the same constraints where one can be written (the
@@ -26,7 +26,6 @@ from dataclasses import dataclass
 
 from valign_edge.errors import UserError
 
-REMOTE_ALLOWED = False  # set by the CLI's --allow-remote (and the TUI's equivalent), per process
 TIMEOUT_S = 600.0
 # An error that says the server does not take a grammar (or schema) field, not that the request is bad.
 CONSTRAINT_REFUSED = re.compile(r"grammar|schema|response_format|unrecognized|unknown|unsupported|not supported|"
@@ -83,9 +82,9 @@ def parse(spec: str, role: str = "teacher") -> Endpoint:
     return Endpoint(scheme, u.hostname, port or (443 if scheme == "https" else 80), u.path.rstrip("/") or "/v1")
 
 
-def check_privacy(ep: Endpoint, role: str = "teacher") -> None:
-    """Refuse a server off this machine unless remote servers were allowed; no connection is made."""
-    if not is_loopback(ep.host) and not REMOTE_ALLOWED:
+def check_privacy(ep: Endpoint, role: str = "teacher", allow_remote: bool = False) -> None:
+    """Refuse a server off this machine unless the user allowed remote servers; no connection is made."""
+    if not is_loopback(ep.host) and not allow_remote:
         raise UserError(f"the {role} server {ep.host} is not on this machine: the document would leave the machine; "
                         "add --allow-remote to send it there")
 
@@ -103,13 +102,13 @@ def remote_notice(spec: str, role: str = "teacher") -> str | None:
     return f"--allow-remote: {what} go to {ep.host} ({ep.url}) {how}"
 
 
-def server_url(spec: str, role: str = "teacher") -> str:
+def server_url(spec: str, role: str = "teacher", allow_remote: bool = False) -> str:
     """The checked endpoint URL of a server model (privacy checked; nothing is contacted); ``models.resolve``
     makes it a ModelRef of kind "server"."""
     if role not in ("teacher", "judge"):
         raise UserError(f"the {role} must be a model on this machine; only the teacher and the judge can be servers")
     ep = parse(spec, role)
-    check_privacy(ep, role)
+    check_privacy(ep, role, allow_remote)
     return ep.url
 
 
@@ -140,9 +139,10 @@ class OpenAITeacher:
 
     parallel = True
 
-    def __init__(self, url: str, *, model: str = "", role: str = "teacher", timeout: float = TIMEOUT_S):
+    def __init__(self, url: str, *, model: str = "", role: str = "teacher", timeout: float = TIMEOUT_S,
+                 allow_remote: bool = False):
         self.ep, self.role, self.timeout = parse(url, role), role, timeout
-        check_privacy(self.ep, role)  # again here: nothing below runs for a refused host
+        check_privacy(self.ep, role, allow_remote)  # again here: nothing below runs for a refused host
         self.api_key = os.environ.get("VALIGN_API_KEY") or os.environ.get("OPENAI_API_KEY") or ""
         self._local = threading.local()
         self._lock = threading.Lock()

@@ -18,14 +18,6 @@ REMOTE = "http://192.0.2.7:8080/v1"
 
 
 @pytest.fixture
-def remote_allowed(monkeypatch):
-    """What ``valign tui --allow-remote`` sets for the process."""
-    from valign_edge.backends import openai_teacher
-
-    monkeypatch.setattr(openai_teacher, "REMOTE_ALLOWED", True)
-
-
-@pytest.fixture
 def in_tmp(tmp_path, monkeypatch) -> Path:
     monkeypatch.chdir(tmp_path)
     (tmp_path / "code.md").write_text(TINY_DOC)
@@ -63,11 +55,11 @@ def test_start_screen_refuses_a_remote_teacher_without_allow_remote(in_tmp):
     asyncio.run(go())
 
 
-def test_start_screen_says_where_the_text_goes_with_allow_remote(in_tmp, remote_allowed):
+def test_start_screen_says_where_the_text_goes_with_allow_remote(in_tmp):
     from textual.widgets import Input
 
     async def go():
-        app = create_app()
+        app = create_app(allow_remote=True)  # valign tui --allow-remote
         async with app.run_test(size=SIZE) as pilot:
             await pilot.pause()
             screen = app.screen
@@ -88,7 +80,7 @@ def test_start_screen_says_where_the_text_goes_with_allow_remote(in_tmp, remote_
     asyncio.run(go())
 
 
-def test_pipeline_screen_names_the_remote_teacher_of_an_opened_run(in_tmp, remote_allowed):
+def test_pipeline_screen_names_the_remote_teacher_of_an_opened_run(in_tmp):
     from valign_edge.config import resolve_config, to_toml
     from valign_edge.runs.workspace import Run
 
@@ -97,7 +89,7 @@ def test_pipeline_screen_names_the_remote_teacher_of_an_opened_run(in_tmp, remot
     run.config_path.write_text(to_toml(cfg))
 
     async def go():
-        app = create_app()
+        app = create_app(allow_remote=True)
         async with app.run_test(size=SIZE) as pilot:
             await pilot.pause()
             assert app.open_run(run.root)

@@ -62,9 +62,10 @@ class ValignApp(App):
         Binding("ctrl+q", "quit", "Quit", priority=True, id="app.quit"),
     ]
 
-    def __init__(self, run_dir: Path | None = None):
+    def __init__(self, run_dir: Path | None = None, allow_remote: bool = False):
         super().__init__()
         self.initial_run_dir = Path(run_dir) if run_dir is not None else None
+        self.allow_remote = allow_remote  # ``valign tui --allow-remote``: a server off this machine may be used
         self.active_run = None  # valign_edge.runs.workspace.Run
         self.cfg = None  # valign_edge.config.RunConfig
         self.doc: Path | None = None  # document to (re)read on the next pipeline start
@@ -179,7 +180,7 @@ class ValignApp(App):
             text = read_document(doc).text  # refuse bad input before touching the run folder, like the CLI
             saved = Path(run_dir) / "config.toml"
             cfg = config.resolve_config(saved=saved if saved.exists() else None, preset=preset, overrides=overrides)
-            models.resolve(cfg.teacher, "teacher")  # a server off this machine is refused before the folder
+            models.resolve(cfg.teacher, "teacher", self.allow_remote)  # a server off this machine is refused before the folder
             run = Run.open(Path(run_dir), create=True)
             check_document(run, text, replace=False)  # another document never overwrites a run's data
         except Exception as exc:  # noqa: BLE001
@@ -213,9 +214,9 @@ class ValignApp(App):
             return
         from valign_edge.pipeline import run_all
 
-        run, cfg, doc = self.active_run, self.cfg, self.doc
+        run, cfg, doc, allow_remote = self.active_run, self.cfg, self.doc, self.allow_remote
         self._start_job("pipeline", lambda emit, stop: run_all(run, cfg, emit, doc=doc, evaluate=False,
-                                                                should_stop=stop))
+                                                                should_stop=stop, allow_remote=allow_remote))
 
     def start_eval(self) -> None:
         if not self._can_start():
@@ -227,7 +228,7 @@ class ValignApp(App):
                 from valign_edge.evaluation.evaluate import evaluate as run_eval
             except ImportError as exc:
                 raise UserError(f"evaluation is not available in this installation ({exc})") from None
-            return run_eval(run, cfg, emit)
+            return run_eval(run, cfg, emit, allow_remote=self.allow_remote)
 
         # evaluate() has no should_stop: a cancel raises from its next progress event instead.
         self._start_job("eval", evaluate, cancel_on_event=True)
@@ -330,9 +331,9 @@ class ValignApp(App):
         self.push_screen(PathPicker("Open a run folder", folders=True), opened)
 
 
-def create_app(run_dir: Path | None = None) -> ValignApp:
+def create_app(run_dir: Path | None = None, allow_remote: bool = False) -> ValignApp:
     """The app factory shared by ``valign tui`` and the tests."""
-    return ValignApp(run_dir)
+    return ValignApp(run_dir, allow_remote)
 
 
 @contextlib.contextmanager
@@ -368,10 +369,10 @@ def native_output_to(log_path: Path) -> Iterator[None]:
             handle.close()
 
 
-def run_app(run_dir: Path | None = None) -> None:
+def run_app(run_dir: Path | None = None, allow_remote: bool = False) -> None:
     from valign_edge.models import CACHE_DIR
 
-    app = create_app(run_dir)
+    app = create_app(run_dir, allow_remote)
     if sys.stdout.isatty() and sys.stderr.isatty():
         with native_output_to(CACHE_DIR / "tui-native.log"):
             app.run()

@@ -6,7 +6,7 @@ from __future__ import annotations
 from rich.text import Text
 
 
-def where_text_goes(teacher: str, judge: str = "") -> Text | None:
+def where_text_goes(teacher: str, judge: str = "", allow_remote: bool = False) -> Text | None:
     """One line per server model (the judge is the teacher when ``judge`` is empty), plus one when
     ``--allow-remote`` is on with no remote server chosen; None when everything runs in this process."""
     from valign_edge.backends import openai_teacher as oa
@@ -22,14 +22,14 @@ def where_text_goes(teacher: str, judge: str = "") -> Text | None:
             if oa.is_loopback(ep.host):
                 lines.append((f"The {role} is a server on this machine ({ep.url}): the document stays here.", "dim"))
                 continue
-            oa.check_privacy(ep, role)
+            oa.check_privacy(ep, role, allow_remote)
         except UserError as exc:
             lines.append((str(exc), "bold red"))
             continue
         remote = True
         notice = oa.remote_notice(spec, role) or ""
         lines.append(("Privacy: " + notice.removeprefix("--allow-remote: "), "bold yellow"))
-    if oa.REMOTE_ALLOWED and not remote:
+    if allow_remote and not remote:
         lines.append(("--allow-remote is on: a teacher or judge server off this machine would receive the "
                       "document; none is chosen, so it stays on this machine.", "dim"))
     if not lines:

@@ -167,10 +167,6 @@ def main(argv: list[str] | None = None) -> int:
         args.func = cmd_tui
     if args.func is not cmd_tui:
         _sticky_sigint()
-    if getattr(args, "allow_remote", False):
-        from valign_edge.backends import openai_teacher
-
-        openai_teacher.REMOTE_ALLOWED = True
     try:
         return args.func(args)
     except UserError as exc:

@@ -96,11 +96,11 @@ def cmd_generate(args) -> int:
 
     cfg = _resolve_config(args, args.out)
     text = read_document(args.document).text  # refuse bad input before touching the run folder
-    _announce(resolve(cfg.teacher, "teacher"))
+    _announce(resolve(cfg.teacher, "teacher", args.allow_remote))
     run = _open_run(args.out, create=True)
     with _stage_session(run) as emit:
         check_document(run, text, args.new_document)
-        info = generate(run, cfg, emit, doc=args.document)
+        info = generate(run, cfg, emit, doc=args.document, allow_remote=args.allow_remote)
     _print_generate_summary(run, info)
     return 0
 
@@ -168,18 +168,18 @@ def cmd_run(args) -> int:
         return follow()
     cfg = _resolve_config(args, args.out)
     text = read_document(args.document).text
-    _announce(resolve(cfg.teacher, "teacher"))
+    _announce(resolve(cfg.teacher, "teacher", args.allow_remote))
     resolve(cfg.student, "student")
     if args.eval:  # a bad probe file or a refused judge server ends here, not after training
         from valign_edge.evaluation.evaluate import check_probe_files
         from valign_edge.evaluation.judging import judge_model_ref
 
         check_probe_files(cfg)
-        _announce(judge_model_ref(cfg), "judge")
+        _announce(judge_model_ref(cfg, args.allow_remote), "judge")
     run = _open_run(args.out, create=True)
     with _stage_session(run) as emit:
         check_document(run, text, args.new_document)
-        info = run_all(run, cfg, emit, doc=args.document, evaluate=args.eval)
+        info = run_all(run, cfg, emit, doc=args.document, evaluate=args.eval, allow_remote=args.allow_remote)
     print(f"aligned model: {info['model']}")
     print(f"verification: {'passed' if info['verified'] else 'FAILED'} ({run.export_dir / 'verify.json'})")
     if args.show_example:
@@ -221,9 +221,9 @@ def cmd_eval(args) -> int:
     cfg = _resolve_config(args, args.run)
     from valign_edge.evaluation.judging import judge_model_ref
 
-    _announce(judge_model_ref(cfg), "judge")  # a judge server off this machine is refused here
+    _announce(judge_model_ref(cfg, args.allow_remote), "judge")  # a judge server off this machine is refused here
     with _stage_session(run) as emit:
-        report = evaluate(run, cfg, emit, doc=args.doc, probes=args.probe)
+        report = evaluate(run, cfg, emit, doc=args.doc, probes=args.probe, allow_remote=args.allow_remote)
     print((run.eval_dir / "report.md").read_text(encoding="utf-8"))
     if args.grading_sheet:
         from valign_edge.evaluation.grading import write_sheet
@@ -283,5 +283,5 @@ def cmd_purge(args) -> int:
 def cmd_tui(args) -> int:
     from valign_edge.tui.app import run_app
 
-    run_app(getattr(args, "run", None))
+    run_app(getattr(args, "run", None), getattr(args, "allow_remote", False))  # bare `valign` has no flags
     return 0

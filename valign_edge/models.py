@@ -70,14 +70,14 @@ def check_gguf(path: Path) -> None:
         raise UserError(f"{path} is too small to be a GGUF model (truncated?)")
 
 
-def resolve(spec: str, role: str = "model") -> ModelRef:
+def resolve(spec: str, role: str = "model", allow_remote: bool = False) -> ModelRef:
     """A preset name, a GGUF in a local store (``stores``), a GGUF file or an HF folder (with config.json
-    and safetensors) -> ModelRef."""
+    and safetensors) -> ModelRef. A server's URL only on this machine, unless ``allow_remote``."""
     from valign_edge import stores
     from valign_edge.backends import openai_teacher
 
     if openai_teacher.is_server(spec):  # http://HOST:PORT/v1: loopback only unless --allow-remote
-        url = openai_teacher.server_url(spec, role)
+        url = openai_teacher.server_url(spec, role, allow_remote)
         return ModelRef(url, Path(os.devnull), "server", {"url": url})
     if stores.is_store_name(spec):  # ollama:NAME:TAG, lmstudio:..., hf:...: a GGUF read in place
         path = stores.find_gguf(spec, role)

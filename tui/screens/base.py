@@ -20,6 +20,7 @@ class Controls(Protocol):
     active_run: Any  # valign_edge.runs.workspace.Run or None
     cfg: Any  # valign_edge.config.RunConfig or None
     job: JobState
+    allow_remote: bool  # the user's --allow-remote: a teacher or judge server off this machine may be used
 
     def show_error(self, exc: BaseException | str, title: str = "Error") -> None: ...
     def notify(self, message: str, *, severity: str = "information", **kwargs: Any) -> None: ...

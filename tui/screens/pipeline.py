@@ -102,7 +102,8 @@ class PipelineScreen(ValignScreen):
         from valign_edge.tui.privacy import where_text_goes
 
         cfg = self.valign.cfg
-        text = where_text_goes(cfg.teacher, cfg.eval.judge) if self.valign.active_run and cfg else None
+        text = (where_text_goes(cfg.teacher, cfg.eval.judge, self.valign.allow_remote)
+                if self.valign.active_run and cfg else None)
         notice = self.query_one("#privacy-notice", Static)
         notice.update(text or "")
         notice.display = text is not None

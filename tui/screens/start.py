@@ -146,7 +146,7 @@ class StartScreen(ValignScreen):
         info = self.query_one(f"#{role}-info", Static)
         path = self.query_one(f"#{role}-path", Input).value.strip()
         if path:
-            info.update(self._path_info(path, role))
+            info.update(self._path_info(path, role, self.valign.allow_remote))
             return
         name = self.query_one(f"#{role}", Select).value
         row = next((m for m in self._models if m["name"] == name), None)
@@ -172,17 +172,17 @@ class StartScreen(ValignScreen):
         except Exception:  # noqa: BLE001 - a bad setting is reported when the run starts
             judge = ""
         notice = self.query_one("#privacy-notice", Static)
-        text = where_text_goes(teacher, judge)
+        text = where_text_goes(teacher, judge, self.valign.allow_remote)
         notice.update(text or "")
         notice.display = text is not None
 
     @staticmethod
-    def _path_info(path: str, role: str) -> Text:
+    def _path_info(path: str, role: str, allow_remote: bool) -> Text:
         from valign_edge.errors import UserError
         from valign_edge.models import resolve
 
         try:
-            ref = resolve(path, role)
+            ref = resolve(path, role, allow_remote)
         except UserError as exc:
             return Text(str(exc), style="red")
         if ref.kind in ("gguf", "server"):

@@ -148,8 +148,9 @@ def check_probe_files(cfg: RunConfig) -> None:
 
 
 def evaluate(run: Run, cfg: RunConfig, emit: Callback, doc: Path | None = None,
-             probes: list[Path] | None = None) -> dict:
-    """Run the evaluation stage (skipped when up to date) and return the report."""
+             probes: list[Path] | None = None, allow_remote: bool = False) -> dict:
+    """Run the evaluation stage (skipped when up to date) and return the report. A judge or teacher server
+    off this machine is refused unless ``allow_remote`` (the user's ``--allow-remote``)."""
     started = time.perf_counter()
     if doc is None:
         check_test_split(run)
@@ -157,14 +158,14 @@ def evaluate(run: Run, cfg: RunConfig, emit: Callback, doc: Path | None = None,
         raise UserError(f"config eval.judge_mode: {cfg.eval.judge_mode!r} is not one of logits, verdict")
     loaded = _load_probes(run, cfg, emit, probes)
     systems = find_systems(run, cfg, emit)
-    tests = load_test_set(run, cfg, emit, doc)
+    tests = load_test_set(run, cfg, emit, doc, allow_remote)
     run_chunks = tests.chunks if doc is None else read_jsonl(run.chunks_path)  # probes are about the run's document
     ids: dict = {}
     chunks_id = hash_obj([c.get("text") for c in tests.chunks])
     keys = {s.name: system_key(s, cfg, chunks_id, ids) for s in systems}
     run_chunks_id = hash_obj([c.get("text") for c in run_chunks])
     probe_keys = {s.name: system_key(s, cfg, run_chunks_id, ids) for s in systems}
-    judge_ref = judge_model_ref(cfg)
+    judge_ref = judge_model_ref(cfg, allow_remote)
     settings = {k: v for k, v in asdict(cfg.eval).items() if k not in KEY_EXCLUDED}
     key = hash_obj([REPORT_VERSION, keys, hash_obj([tests.questions, tests.pairs]), settings,
                     judge_key(cfg, judge_ref), cfg.seed, [[p.name, p.sha256] for p in loaded],
@@ -173,7 +174,8 @@ def evaluate(run: Run, cfg: RunConfig, emit: Callback, doc: Path | None = None,
     if run.is_done("eval", key) and report_path.exists():
         log(emit, "eval", "eval: up to date, skipped")
         return json.loads(report_path.read_text(encoding="utf-8"))
-    ctx = Context(run, cfg, emit, systems, threads=auto_threads(cfg.eval.n_threads, cfg.eval.n_threads_batch))
+    ctx = Context(run, cfg, emit, systems, threads=auto_threads(cfg.eval.n_threads, cfg.eval.n_threads_batch),
+                  allow_remote=allow_remote)
     log(emit, "eval", f"llama.cpp threads (decode, prompt): {ctx.threads}")
     advice = small_sample_advice(len(tests.questions), len(tests.pairs), bool(loaded), tests.source.get("kind", ""),
                                  tests.source.get("splits"))

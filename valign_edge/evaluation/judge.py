@@ -151,10 +151,10 @@ class ServerJudge:
     """The judge behind an OpenAI-compatible server (``eval.judge = http://HOST:PORT/v1``), through the
     server teacher's client: the same loopback-only rule, the same log-probabilities of A, B and tie."""
 
-    def __init__(self, url: str, model: str = ""):
+    def __init__(self, url: str, model: str = "", allow_remote: bool = False):
         from valign_edge.backends.openai_teacher import OpenAITeacher
 
-        self.client = OpenAITeacher(url, model=model, role="judge")
+        self.client = OpenAITeacher(url, model=model, role="judge", allow_remote=allow_remote)
 
     def __call__(self, question: str, passage: str, answer_a: str, answer_b: str) -> dict | None:
         return self.client.reply_logprobs(judge_messages(question, passage, answer_a, answer_b), list(REPLIES))

@@ -19,10 +19,10 @@ def _same(a: str, b: str) -> bool:
     return " ".join(a.lower().split()) == " ".join(b.lower().split())
 
 
-def judge_model_ref(cfg: RunConfig) -> models.ModelRef:
+def judge_model_ref(cfg: RunConfig, allow_remote: bool = False) -> models.ModelRef:
     """The judge: eval.judge, else the teacher; a GGUF run by llama.cpp or an OpenAI-compatible server
     (loopback only unless --allow-remote: refused here, before anything is contacted)."""
-    ref = models.resolve(cfg.eval.judge or cfg.teacher, "judge")
+    ref = models.resolve(cfg.eval.judge or cfg.teacher, "judge", allow_remote)
     if ref.kind not in ("gguf", "server"):
         raise UserError(f"judge {ref.name!r} must be a GGUF chat model run by llama.cpp or a server's URL")
     return ref
@@ -47,7 +47,7 @@ def judge_answers(ctx: Context, answers: dict[str, list[dict]], questions: list[
     the judge's position bias cancels in the margin (see judge.py). The passage shown to the judge
     is the question's ``chunk_id`` among ``chunks`` (none when it has none)."""
     cfg = ctx.cfg
-    ref = judge_model_ref(cfg)
+    ref = judge_model_ref(cfg, ctx.allow_remote)
     judge_id = hash_obj([EVAL_VERSION, judge_key(cfg, ref), judging.judge_messages("{q}", "{p}", "{a}", "{b}"),
                          judging.REPLIES, judging.ANSWERS_START])
     path = ctx.run.eval_dir / "judgments.jsonl"
@@ -78,7 +78,7 @@ def judge_answers(ctx: Context, answers: dict[str, list[dict]], questions: list[
              "tie_margin": cfg.eval.judge_tie_margin if cfg.eval.judge_mode == "logits" else None}
     if jobs:
         start = time.perf_counter()
-        judge = (judging.ServerJudge(ref.preset["url"], server_model(cfg)) if server else
+        judge = (judging.ServerJudge(ref.preset["url"], server_model(cfg), ctx.allow_remote) if server else
                  judging.ModelJudge(ref.path, seed=cfg.seed, threads=ctx.threads))
         progress = Progress(ctx.emit, "eval", len(jobs), "judgments")
         for key, (i, a, b) in jobs.items():

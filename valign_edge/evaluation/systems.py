@@ -35,6 +35,7 @@ class Context:
     systems: list[System]
     threads: tuple[int, int]  # llama.cpp (decode, prompt) threads
     timings: dict = field(default_factory=dict)
+    allow_remote: bool = False  # a judge server off this machine may receive the prompts (--allow-remote)
 
     def add_time(self, what: str, seconds: float, system: str | None = None) -> None:
         """Accumulate (the held-out set and each probe add to the same step)."""

@@ -64,7 +64,8 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-")[:40] or "doc"
 
 
-def load_test_set(run: Run, cfg: RunConfig, emit: Callback, doc: Path | None = None) -> TestSet:
+def load_test_set(run: Run, cfg: RunConfig, emit: Callback, doc: Path | None = None,
+                  allow_remote: bool = False) -> TestSet:
     """The run's test split, or one from ``doc``: a document (a test set is generated from it by
     the teacher and cached), a JSONL file of SFT and/or DPO rows, or another run folder."""
     chunks = read_jsonl(run.chunks_path)
@@ -102,7 +103,7 @@ def load_test_set(run: Run, cfg: RunConfig, emit: Callback, doc: Path | None = N
             from valign_edge.generation.generate import generate
 
             log(emit, "eval", f"generating a test set from {doc.name} (cached in {sub.root})")
-            generate(sub, sub_cfg, emit, doc=doc)
+            generate(sub, sub_cfg, emit, doc=doc, allow_remote=allow_remote)
             sft, dpo = read_jsonl(sub.split_path("sft", "test")), read_jsonl(sub.split_path("dpo", "test"))
             chunks = read_jsonl(sub.chunks_path)
             source = {"kind": "document", "path": str(doc), "cache": str(sub.root)}

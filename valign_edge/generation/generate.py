@@ -52,10 +52,11 @@ def load_document(run: Run, doc: str | Path | None) -> str:
 
 
 def generate(run: Run, cfg: RunConfig, emit: Callback, doc: str | Path | None = None,
-             should_stop=lambda: False) -> dict:
-    """Run the generation stage (skipped when up to date); returns the stage's counts."""
+             should_stop=lambda: False, allow_remote: bool = False) -> dict:
+    """Run the generation stage (skipped when up to date); returns the stage's counts. A teacher server off
+    this machine is refused unless ``allow_remote`` (the user's ``--allow-remote``)."""
     text = load_document(run, doc)
-    teacher_ref = models.resolve(cfg.teacher, "teacher")
+    teacher_ref = models.resolve(cfg.teacher, "teacher", allow_remote)
     if teacher_ref.kind not in ("gguf", "server"):
         raise UserError(f"teacher {cfg.teacher!r} must be a GGUF file run by llama.cpp")
     gen = cfg.generate
@@ -70,7 +71,7 @@ def generate(run: Run, cfg: RunConfig, emit: Callback, doc: str | Path | None = 
     if teacher_ref.kind == "server":  # an OpenAI-compatible server (backends/openai_teacher.py)
         from valign_edge.backends.openai_teacher import OpenAITeacher
 
-        teacher = OpenAITeacher(teacher_ref.preset["url"], model=gen.teacher_model)
+        teacher = OpenAITeacher(teacher_ref.preset["url"], model=gen.teacher_model, allow_remote=allow_remote)
     else:
         teacher = LlamaTeacher(teacher_ref.path, n_ctx=gen.n_ctx, n_threads=gen.n_threads,
                                n_threads_batch=gen.n_threads_batch, seed=cfg.seed)
@@ -105,7 +106,7 @@ def rebuild_splits(run: Run, cfg: RunConfig) -> dict:
         raise UserError(f"{run.root} has no generated data yet; run: valign generate DOC --out {run.root}")
     if cfg.generate.max_chunks:
         chunks = chunks[: cfg.generate.max_chunks]
-    teacher_ref = models.resolve(cfg.teacher, "teacher")
+    teacher_ref = models.resolve(cfg.teacher, "teacher", allow_remote=True)  # its id only: nothing is sent
     gen = cfg.generate
     return datasets.build(run, [c["id"] for c in chunks], gen.valid_fraction, gen.test_fraction, cfg.seed,
                           synth_key(gen, model_id(teacher_ref), cfg.seed), gen.balance_verdicts, gen.verdict_pairs,
