@@ -38,12 +38,11 @@ from valign_edge.backends.mlx_batches import PAD_MULTIPLE, reply_batch, target_l
 from valign_edge.config import RunConfig
 from valign_edge.errors import Cancelled, UserError
 from valign_edge.events import Callback, Event, Progress, log
-from valign_edge.files import atomic_write_text, note_written
 from valign_edge.runs.workspace import Run, peak_rss_mb
 from valign_edge.training import batching
 from valign_edge.training import plan as trainplan
 from valign_edge.training.plan import StagePlan
-from valign_edge.training.preference import dpo_loss
+from valign_edge.training.preference import cached_reference, dpo_loss, reference_chunks, save_reference
 
 __all__ = ["MLXTrainer", "model_config_overrides"]
 
@@ -298,24 +297,19 @@ class MLXTrainer:
         result.update(pairs=len(pairs), beta=beta, **self._result_common(base))
         write_adapter(model, config, base, out, result)
         # ``_finish`` replaced the folder: keep the reference log-probs beside the adapter.
-        note_written(out / "reference_logps.safetensors")
-        mx.save_safetensors(str(out / "reference_logps.safetensors"), {"logps": ref})
+        save_reference(out, lambda path: mx.save_safetensors(str(path), {"logps": ref}))
         return result
 
     def _reference_logps(self, model, pairs, arrays, reply_logps, out: Path, key: str, emit: Callback):
         import mlx.core as mx
 
-        ref_path = out / "reference_logps.safetensors"
-        try:
-            if json.loads((out / "reference.json").read_text()).get("key") == key:
-                return mx.load(str(ref_path))["logps"]
-        except (OSError, ValueError, KeyError):
-            pass
+        cached = cached_reference(out, key)
+        if cached is not None:
+            return mx.load(str(cached))["logps"]
         model.eval()
         rp = Progress(emit, "dpo_reference", len(pairs), "pairs")
         chunks = []
-        for chunk_start in range(0, len(pairs), 8):
-            idx = list(range(chunk_start, min(len(pairs), chunk_start + 8)))
+        for idx in reference_chunks(len(pairs)):
             inputs, _ = arrays(idx)
             logps = reply_logps(model, *inputs).reshape(-1, 2)
             mx.eval(logps)
@@ -323,9 +317,7 @@ class MLXTrainer:
             rp.update(len(idx))
         model.train()
         ref = mx.concatenate(chunks) if chunks else mx.zeros((0, 2))
-        note_written(ref_path)
-        mx.save_safetensors(str(ref_path), {"logps": ref})
-        atomic_write_text(out / "reference.json", json.dumps({"key": key}))
+        save_reference(out, lambda path: mx.save_safetensors(str(path), {"logps": ref}), key)
         return ref
 
     # --- merge ------------------------------------------------------------------------------

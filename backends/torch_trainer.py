@@ -18,12 +18,12 @@ from valign_edge.backends.torch_dist import Group
 from valign_edge.config import RunConfig
 from valign_edge.errors import Cancelled, UserError
 from valign_edge.events import Callback, Event, Progress, log
-from valign_edge.files import atomic_write_text, note_tree, note_written
+from valign_edge.files import note_tree
 from valign_edge.runs.workspace import Run, peak_rss_mb
 from valign_edge.training import batching
 from valign_edge.training import plan as trainplan
 from valign_edge.training.plan import StagePlan
-from valign_edge.training.preference import dpo_loss
+from valign_edge.training.preference import cached_reference, dpo_loss, reference_chunks, save_reference
 
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -313,7 +313,6 @@ class TorchTrainer:
         out = run.adapter_dir("dpo")
         if self.group.is_main:
             out.mkdir(parents=True, exist_ok=True)
-        ref_path = out / "reference_logps.safetensors"
 
         def logps(batch: list[int]):
             seqs, starts, ends = [], [], []
@@ -327,14 +326,13 @@ class TorchTrainer:
             sums, counts = self._token_logps(model, ids, mask, starts, ends)
             return sums.view(-1, 2), int(mask.sum())
 
-        ref_meta, ref = out / "reference.json", torch.zeros(len(pairs), 2)
+        ref, cached = torch.zeros(len(pairs), 2), cached_reference(out, key)
         # Rank 0 decides; each process fills its rows (rank 0 all of them from the file), the sum is the whole.
-        if self.group.agree(ref_path.exists() and ref_meta.exists()
-                            and json.loads(ref_meta.read_text()).get("key") == key):
-            ref = self.group.sum_tensor(load_file(str(ref_path))["logps"] if self.group.is_main else ref)
+        if self.group.agree(cached is not None):
+            ref = self.group.sum_tensor(load_file(str(cached))["logps"] if self.group.is_main else ref)
         else:
             model.eval()
-            chunks = [list(range(s, min(len(pairs), s + 8))) for s in range(0, len(pairs), 8)]
+            chunks = reference_chunks(len(pairs))
             rp = Progress(emit, "dpo_reference", len(pairs), "pairs")
             with torch.no_grad():
                 for idx, real in self.group.passes(self.group.shard(chunks), chunks[0]):
@@ -344,9 +342,7 @@ class TorchTrainer:
                         rp.update(min(len(idx) * self.group.world, rp.total - rp.done))
             ref = self.group.sum_tensor(ref)
             if self.group.is_main:
-                note_written(ref_path)
-                save_file({"logps": ref.contiguous()}, str(ref_path))
-                atomic_write_text(out / "reference.json", json.dumps({"key": key}))
+                save_reference(out, lambda path: save_file({"logps": ref.contiguous()}, str(path)), key)
         log(emit, "train_dpo", f"{len(pairs)} pairs, {plan.steps} steps, beta={tc.dpo_beta}, reference log-probs "
                                f"precomputed (no second model)")
         beta = tc.dpo_beta
@@ -363,8 +359,7 @@ class TorchTrainer:
         result.update(pairs=len(pairs), beta=beta, precision=self.precision, device=self.device, base=str(base))
         self._finish(model, out, result)
         if self.group.is_main:  # ``_finish`` replaced the folder: keep the reference log-probs beside the adapter
-            note_written(out / "reference_logps.safetensors")
-            save_file({"logps": ref.contiguous()}, str(out / "reference_logps.safetensors"))
+            save_reference(out, lambda path: save_file({"logps": ref.contiguous()}, str(path)))
         return result
 
     # --- merge ------------------------------------------------------------------------------
