@@ -615,3 +615,22 @@ def test_bad_input(case: Case, tmp_path, request):
             assert after == before, "the finished run changed"
     print(f"{case.name}: exit {proc.returncode} in {seconds:.1f} s")
 
+
+
+@pytest.mark.parametrize("verb", ["generate", "run"])
+def test_a_failed_command_takes_back_the_run_folder_it_made(verb, tmp_path, request):
+    """A command that made its run folder and failed before any stage began (here the teacher does not
+    load) leaves no copy of the document behind: what it wrote goes, and the folder with it when it made
+    the folder. An empty folder the user made for the run stays, empty."""
+    ctx = Ctx(tmp_path, request)
+    teacher = gguf_unsupported_arch(ctx)
+    proc = subprocess.run([*cli_command(verb, ctx.doc, "--out", ctx.new, "--teacher", teacher)],
+                          capture_output=True, text=True, env=ctx.env, cwd=ROOT, timeout=600)
+    assert_one_line_error(proc, 2, "cannot load")
+    assert not ctx.new.exists(), sorted(p.name for p in ctx.new.rglob("*"))
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    proc = subprocess.run([*cli_command(verb, ctx.doc, "--out", mine, "--teacher", teacher)],
+                          capture_output=True, text=True, env=ctx.env, cwd=ROOT, timeout=600)
+    assert_one_line_error(proc, 2, "cannot load")
+    assert mine.is_dir() and list(mine.iterdir()) == []

@@ -53,6 +53,28 @@ def _stage_session(run):
             sink.close()
 
 
+@contextlib.contextmanager
+def _new_run_session(path: Path):
+    """``_stage_session`` for a verb that makes its run when missing (run, generate). When it made the run
+    and fails with a user error before any stage began (a teacher that does not load), it takes back what
+    it wrote - the copy of the document first of all - and the folder too when it made it and nothing else
+    is in it: a failed command leaves no copy of the document behind. A stopped command (Ctrl-C) keeps it,
+    to resume; a stage that began keeps its work."""
+    made_folder = not path.exists()
+    made_run = made_folder or not (path / "manifest.json").exists()
+    run = _open_run(path, create=True)
+    try:
+        with _stage_session(run) as emit:
+            yield run, emit
+    except UserError:
+        if made_run and not run.manifest().get("stages"):
+            from valign_edge.runs.purge import purge
+
+            with contextlib.suppress(UserError, OSError):  # the error that stopped the command is the one to tell
+                purge(run, keep_model=False, keep_folder=not made_folder)
+        raise
+
+
 _INTERRUPTED = 0  # the signal that stopped the command (0: none)
 
 
@@ -97,8 +119,7 @@ def cmd_generate(args) -> int:
     cfg = _resolve_config(args, args.out)
     text = read_document(args.document).text  # refuse bad input before touching the run folder
     _announce(resolve(cfg.teacher, "teacher", args.allow_remote))
-    run = _open_run(args.out, create=True)
-    with _stage_session(run) as emit:
+    with _new_run_session(args.out) as (run, emit):
         check_document(run, text, args.new_document)
         info = generate(run, cfg, emit, doc=args.document, allow_remote=args.allow_remote)
     _print_generate_summary(run, info)
@@ -176,8 +197,7 @@ def cmd_run(args) -> int:
 
         check_probe_files(cfg)
         _announce(judge_model_ref(cfg, args.allow_remote), "judge")
-    run = _open_run(args.out, create=True)
-    with _stage_session(run) as emit:
+    with _new_run_session(args.out) as (run, emit):
         check_document(run, text, args.new_document)
         info = run_all(run, cfg, emit, doc=args.document, evaluate=args.eval, allow_remote=args.allow_remote)
     print(f"aligned model: {info['model']}")

@@ -102,8 +102,9 @@ def _delete(run: Run, listed: list[str], removed: list[Path], skipped: list[str]
         os.close(root_fd)
 
 
-def purge(run: Run, keep_model: bool = True, keep_index: bool = False) -> list[Path]:
-    """Delete the run's document-derived data; return the paths removed (files or folders)."""
+def purge(run: Run, keep_model: bool = True, keep_index: bool = False, keep_folder: bool = False) -> list[Path]:
+    """Delete the run's document-derived data; return the paths removed (files or folders). Without
+    ``keep_model``, everything valign wrote, and the folder when nothing else is left (unless ``keep_folder``)."""
     removed: list[Path] = []
     skipped: list[str] = []
     with run.lock():
@@ -119,8 +120,9 @@ def purge(run: Run, keep_model: bool = True, keep_index: bool = False) -> list[P
             for name in (owned.LOCK, owned.SESSION, JOURNAL):  # valign's own names (the lock is held open by us)
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(run.root / name)
-            with contextlib.suppress(OSError):
-                run.root.rmdir()  # only when nothing else is left
+            if not keep_folder:
+                with contextlib.suppress(OSError):
+                    run.root.rmdir()  # only when nothing else is left
             return removed
         _delete(run, [r for r in listed if not _kept(r, keep_index)], removed, skipped)
         _report(skipped)
