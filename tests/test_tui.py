@@ -521,6 +521,42 @@ def test_file_picker_chooses_a_document_and_a_run_folder(in_sample):
     run_async(go())
 
 
+def test_typing_with_no_field_focused_is_not_lost(in_sample):
+    """Text typed on the Start screen while its button has focus goes into the document field, and in the
+    run-folder picker while its tree has focus into the path field; the screen keys still switch screens."""
+    from textual.widgets import Input
+
+    from valign_edge.tui.screens.dialogs import PathPicker
+
+    async def go():
+        app = create_app()
+        async with app.run_test(size=SIZE) as pilot:
+            await pilot.pause()
+            screen = app.screen
+            assert not isinstance(screen.focused, Input)
+            await pilot.press("c", "o", "c", ".", "m", "d")
+            assert screen.query_one("#doc-path", Input).value == "coc.md"
+            screen.query_one("#start-run").focus()
+            await pilot.pause()
+            await pilot.press("x")
+            assert screen.query_one("#doc-path", Input).value == "coc.mdx"
+            app.open_run_dialog()
+            await pilot.pause()
+            picker = app.screen
+            assert isinstance(picker, PathPicker) and picker.focused is picker.query_one("#picker-tree")
+            await pilot.press("d", "e", "m", "o")
+            assert picker.query_one("#picker-path", Input).value == "demo"
+            await pilot.press("escape")
+            await pilot.pause()
+            screen.query_one("#start-run").focus()
+            await pilot.pause()
+            await pilot.press("5")  # a bound key is not typed: it switches to the chat screen
+            await wait_for(pilot, lambda: type(app.screen).__name__ == "ChatScreen", 10, "the chat screen")
+            assert screen.query_one("#doc-path", Input).value == "coc.mdx"
+
+    run_async(go())
+
+
 def test_start_screen_fills_the_form_from_an_opened_run(sample_copy):
     from textual.widgets import Input, Select
 

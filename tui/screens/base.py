@@ -13,6 +13,23 @@ from valign_edge.tui.state import JobState
 from valign_edge.tui.widgets.nav import NavBar
 
 
+def type_into(field, event) -> bool:
+    """A printable key that reached the screen because no text field had focus (a button, a list, a tree
+    had it) goes into ``field`` instead of being lost: the field takes focus and the character. A key
+    something binds (the screen numbers, ?) keeps its binding."""
+    from textual.widgets import Input
+
+    screen = field.screen
+    if (not event.is_printable or event.character == " " or isinstance(screen.focused, Input)
+            or event.key in screen.active_bindings):
+        return False
+    field.select_on_focus = False  # else the focus selects the character, and the next key replaces it
+    field.focus()
+    field.insert_text_at_cursor(event.character)
+    event.stop()
+    return True
+
+
 class Controls(Protocol):
     """What a screen may ask of the app (``tui.app.ValignApp`` provides it). A protocol, so that screens
     never import the app that imports them: the screens sit below the app, not beside it."""

@@ -13,6 +13,8 @@ from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Button, DirectoryTree, Input, Label, Static, TextArea
 
+from valign_edge.tui.screens.base import type_into
+
 DOC_SUFFIXES = {".txt", ".md", ".markdown", ".text", ".rst", ".html", ".htm", ".xhtml", ".pdf", ".docx", ".odt"}
 
 
@@ -60,6 +62,9 @@ class PathPicker(ModalScreen[Path | None]):
 
     def on_mount(self) -> None:
         self.query_one("#picker-tree").focus()
+
+    def on_key(self, event) -> None:
+        type_into(self.query_one("#picker-path", Input), event)  # typed while the tree has focus: a path
 
     @on(DirectoryTree.FileSelected)
     def _file_selected(self, event: DirectoryTree.FileSelected) -> None:

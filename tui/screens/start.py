@@ -13,7 +13,7 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.widgets import Button, Input, Label, Select, Static
 
 from valign_edge.tui.errors import error_text
-from valign_edge.tui.screens.base import ValignScreen
+from valign_edge.tui.screens.base import ValignScreen, type_into
 from valign_edge.tui.state import display_path
 
 # Key settings on the form: (config key, label, field width).
@@ -321,6 +321,9 @@ class StartScreen(ValignScreen):
     def _show_preview(self, title: str, body: Text) -> None:
         self.query_one("#preview-title", Static).update(Text(title, style="bold"))
         self.query_one("#preview", Static).update(body)
+
+    def on_key(self, event) -> None:
+        type_into(self.query_one("#doc-path", Input), event)  # typed with the Start button focused: a path
 
     # --- actions ----------------------------------------------------------------------------------------
     def action_leave_field(self) -> None:
