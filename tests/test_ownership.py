@@ -223,6 +223,21 @@ def test_a_run_folder_writable_by_others_or_not_ours_is_refused(tmp_path, monkey
         Run.open(tmp_path)  # an existing folder of theirs, even with nothing in it yet
 
 
+def test_a_run_whose_folder_is_a_symbolic_link_is_refused(tmp_path):
+    """A symlinked subfolder (synth -> elsewhere) would carry the document's questions and answers out of the
+    run through appends that refuse only a link in the last name: refused in one line, nothing written there."""
+    from valign_edge.runs.workspace import Run
+
+    run = Run.open(tmp_path / "run")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (run.root / "synth").symlink_to(elsewhere, target_is_directory=True)
+    doc = tmp_path / "d.md"
+    doc.write_text(CANARY_DOC)
+    assert_one_line_error(valign("generate", doc, "--out", run.root, "--preset", "quick"), 2, "is a symbolic link")
+    assert list(elsewhere.iterdir()) == [] and not (run.root / "document.txt").exists()
+
+
 def test_appends_never_follow_a_symbolic_link(tmp_path):
     from valign_edge.errors import UserError
     from valign_edge.files import append_jsonl, read_jsonl

@@ -25,9 +25,14 @@ from valign_edge.files import start_journal, write_json
 STAGES = ("generate", "train_sft", "train_dpo", "export", "eval")
 
 
+# The folders valign writes in a run: a symbolic link in their place would carry the document elsewhere.
+RUN_FOLDERS = ("synth", "data", "adapters", "export", "eval", "logs", "work")
+
+
 def _refuse_unsafe(root: Path, is_run: bool) -> None:
-    """A run folder holds the document: it must be the user's own, and a run must not be writable by others
-    (anyone who can write it can swap a file for a symlink to theirs and receive the document's text)."""
+    """A run folder holds the document: it must be the user's own, a run must not be writable by others
+    (anyone who can write it can swap a file for a symlink to theirs and receive the document's text),
+    and the folders valign writes in it must be folders, not links to somewhere else."""
     st = root.stat()
     if st.st_uid != os.geteuid():
         raise UserError(f"{root} belongs to another user (uid {st.st_uid}); valign only uses run folders you own: "
@@ -35,6 +40,10 @@ def _refuse_unsafe(root: Path, is_run: bool) -> None:
     if is_run and st.st_mode & 0o022:
         raise UserError(f"run folder {root} is writable by others (mode {stat.S_IMODE(st.st_mode):o}); make it "
                         f"private: chmod 700 {root}")
+    for name in RUN_FOLDERS if is_run else ():
+        if (root / name).is_symlink():
+            raise UserError(f"{root / name} is a symbolic link: valign writes only inside the run folder; "
+                            f"replace the link with a folder (or copy the run: cp -rL)")
 
 
 def private_umask() -> None:
