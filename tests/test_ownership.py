@@ -93,7 +93,8 @@ def _listed(run, rel: str) -> bool:
 KILLED_WRITER = r"""
 import os, signal, sys, tempfile
 from pathlib import Path
-from valign_edge.runs.workspace import Run, append_jsonl
+from valign_edge.files import append_jsonl
+from valign_edge.runs.workspace import Run
 
 run = Run.open(Path(sys.argv[1]), create=False)
 with run.lock():
