@@ -21,16 +21,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from valign_edge.config import resolve_config  # noqa: E402
 from valign_edge.cpu import auto_threads  # noqa: E402
 from valign_edge.evaluation import metrics  # noqa: E402
-from valign_edge.evaluation.answers import (
-    generate_answers,  # noqa: E402
-    preference_scores,  # noqa: E402
-)
+from valign_edge.evaluation.answers import generate_answers, preference_scores  # noqa: E402
 from valign_edge.evaluation.probes import load_probe  # noqa: E402
 from valign_edge.evaluation.systems import Context, Retriever, find_systems, system_keys  # noqa: E402
 from valign_edge.evaluation.verdicts import forced_verdicts, verdict_section  # noqa: E402
 from valign_edge.events import null_callback  # noqa: E402
 from valign_edge.files import read_jsonl  # noqa: E402
-from valign_edge.runs.workspace import Run
+from valign_edge.runs.workspace import Run  # noqa: E402
 
 
 def main() -> int:
