@@ -288,7 +288,7 @@ class MLXTrainer:
 
         def loss_fn(model, ids, positions, rows, reference):
             policy = reply_logps(model, ids, positions, rows).reshape(-1, 2)
-            lengths = rows.sum(axis=1).reshape(-1, 2)[:, 0]
+            lengths = rows.sum(axis=1).reshape(-1, 2)[:, 0] if sft_weight else None
             loss, margin = dpo_loss(policy, reference, beta, nn.log_sigmoid, sft_weight, lengths)
             return loss, mx.stack([(margin > 0).astype(mx.float32).mean(), beta * margin.mean()])
 

@@ -327,6 +327,10 @@ class TorchTrainer:
             return sums.view(-1, 2), int(mask.sum())
 
         ref, cached = torch.zeros(len(pairs), 2), cached_reference(out, key)
+
+        def save_ref(path: Path) -> None:  # ``ref`` as it is when called
+            save_file({"logps": ref.contiguous()}, str(path))
+
         # Rank 0 decides; each process fills its rows (rank 0 all of them from the file), the sum is the whole.
         if self.group.agree(cached is not None):
             ref = self.group.sum_tensor(load_file(str(cached))["logps"] if self.group.is_main else ref)
@@ -342,7 +346,7 @@ class TorchTrainer:
                         rp.update(min(len(idx) * self.group.world, rp.total - rp.done))
             ref = self.group.sum_tensor(ref)
             if self.group.is_main:
-                save_reference(out, lambda path: save_file({"logps": ref.contiguous()}, str(path)), key)
+                save_reference(out, save_ref, key)
         log(emit, "train_dpo", f"{len(pairs)} pairs, {plan.steps} steps, beta={tc.dpo_beta}, reference log-probs "
                                f"precomputed (no second model)")
         beta = tc.dpo_beta
@@ -350,7 +354,8 @@ class TorchTrainer:
         def step_fn(batch: list[int]):
             policy, n_tokens = logps(batch)
             reference = ref[batch].to(policy.device)
-            lengths = torch.tensor([len(pairs[i].chosen) for i in batch], device=policy.device)
+            lengths = (torch.tensor([len(pairs[i].chosen) for i in batch], device=policy.device)
+                       if tc.dpo_sft_weight else None)
             loss, margin = dpo_loss(policy, reference, beta, F.logsigmoid, tc.dpo_sft_weight, lengths)
             accuracy = (margin > 0).float().mean().item()
             return loss, n_tokens, {"reward_accuracy": accuracy, "margin": beta * margin.mean().item()}, len(batch)
@@ -359,7 +364,7 @@ class TorchTrainer:
         result.update(pairs=len(pairs), beta=beta, precision=self.precision, device=self.device, base=str(base))
         self._finish(model, out, result)
         if self.group.is_main:  # ``_finish`` replaced the folder: keep the reference log-probs beside the adapter
-            save_reference(out, lambda path: save_file({"logps": ref.contiguous()}, str(path)))
+            save_reference(out, save_ref)
         return result
 
     # --- merge ------------------------------------------------------------------------------

@@ -61,7 +61,7 @@ def _new_run_session(path: Path):
     is in it: a failed command leaves no copy of the document behind. A stopped command (Ctrl-C) keeps it,
     to resume; a stage that began keeps its work."""
     made_folder = not path.exists()
-    made_run = made_folder or not (path / "manifest.json").exists()
+    made_run = not (path / "manifest.json").exists()
     run = _open_run(path, create=True)
     try:
         with _stage_session(run) as emit:
